@@ -222,9 +222,11 @@ def load_model(
     check_model_source(name_or_path, param)
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
+    # Offline, ask only the local cache: otherwise the hub client retries for a minute before failing.
+    local_only = Path(os.path.expanduser(str(name_or_path))).exists() or not hub_online()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        kwargs = {"dtype": torch_dtype}
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local_only)
+        kwargs = {"dtype": torch_dtype, "local_files_only": local_only}
         if device_map is not None:
             kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
@@ -241,6 +243,19 @@ def load_model(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def hub_online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached within ``timeout`` seconds."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def prepare_tokenizer(tokenizer):
