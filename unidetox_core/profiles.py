@@ -192,3 +192,21 @@ def profile_diff(values: dict[str, Any]) -> dict[str, Any]:
     """The settings of ``values`` that differ from its profile's defaults (what a results table records)."""
     base = PROFILES[values["profile"]]
     return {k: v for k, v in values.items() if base.get(k) != v}
+
+
+def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> dict[str, Any]:
+    """A notebook's settings: its profile with the notebook's own papermill parameters applied.
+
+    Parameters left at ``None`` keep the profile's value, so a notebook's parameters cell can list
+    every setting it uses without fixing them. The results folder is created. Paths are resolved
+    against the repository root, so a notebook runs the same from ``notebooks/`` or from papermill.
+    """
+    from pathlib import Path
+
+    values = load_profile(profile, **{k: v for k, v in params.items() if v is not None})
+    root = Path(__file__).resolve().parents[1]
+    for key in ("cache_dir", "results_dir"):
+        path = Path(values[key])
+        values[key] = str(path if path.is_absolute() else root / path)
+    Path(values["results_dir"]).mkdir(parents=True, exist_ok=True)
+    return values
