@@ -61,3 +61,19 @@ def test_conda_environment_names_the_same_packages_as_pyproject():
     assert wanted - conda_names == set(), "environment.yml lacks packages that pyproject.toml needs"
     assert conda_names - wanted - {"python", "pip", "quarto", "pytest"} == set(), "environment.yml has extras"
     assert "quarto" in conda_names
+
+
+def test_notebook_parameters_override_and_are_type_checked(tmp_path):
+    values = profiles.for_notebook("tiny", distill_alpha=None, seeds=[3], results_dir=str(tmp_path / "r"))
+    assert values["distill_alpha"] == profiles.PROFILES["tiny"]["distill_alpha"]  # None keeps the profile's value
+    assert values["seeds"] == [3] and (tmp_path / "r").is_dir()
+    assert Path(values["cache_dir"]).is_absolute()
+    with pytest.raises(profiles.ProfileError, match="'eval_top_p' must be float .* got str"):
+        profiles.for_notebook("mini", eval_top_p="0.9")
+
+
+def test_data_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+    from unidetox_core import data
+
+    code = data.main(["fetch", "--mirror", str(tmp_path / "nowhere"), "--raw-dir", str(tmp_path / "raw")])
+    assert code == 2 and "is not a folder" in capsys.readouterr().out
