@@ -65,8 +65,9 @@ def teacher_forced_rate(base, toxic, token_ids: list[list[int]], start_id: int, 
     for i in range(0, len(rows), batch_size):
         batch = torch.tensor(rows[i:i + batch_size], device=device)
         with autocast_context(device, bf16):
-            base(input_ids=batch).logits.float().log_softmax(-1)
-            toxic(input_ids=batch.to(model_device(toxic))).logits.float().log_softmax(-1)
+            mask = torch.ones_like(batch)  # the padding is counted as work, like the decoder's finished rows
+            base(input_ids=batch, attention_mask=mask).logits.float().log_softmax(-1)
+            toxic(input_ids=batch.to(model_device(toxic)), attention_mask=mask.to(model_device(toxic))).logits.float().log_softmax(-1)
     sync(device)
     seconds = time.perf_counter() - started
     positions = len(rows) * (width - 1)  # the positions the decoder predicted

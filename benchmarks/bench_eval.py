@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--arch", default="gpt2", choices=models.ARCHITECTURES)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=400, help="tokenizer vocabulary (capped by the made-up corpus)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=25)
     parser.add_argument("--max-new-tokens", type=int, default=20)
@@ -141,8 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    corpus = sentences(600, 5, 25, seed=0)
-    tok = models.train_tokenizer(corpus, "unigram" if args.arch == "llama" else "bpe", vocab_size=400)
+    corpus = sentences(600, 5, 25, seed=0) + [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
+    tok = models.train_tokenizer(corpus, "unigram" if args.arch == "llama" else "bpe", vocab_size=args.vocab)
     model = models.build_small_model(args.arch, tok, seed=0, d_model=args.d_model, n_layer=args.layers,
                                      n_head=max(1, args.d_model // 32), max_positions=512).to(args.device).eval()
     print(f"model: {args.arch}, d_model={args.d_model}, {args.layers} layers, {models.count_parameters(model):,} "

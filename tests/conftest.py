@@ -15,6 +15,10 @@ import torch
 
 from unidetox_core import models
 
+# Tiny models are latency-bound: one thread is faster than two on a 2-core machine and gives the
+# same numbers in every run.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("UNIDETOX_DATA_MIRROR", ROOT.parent / "shared" / "data"))
 

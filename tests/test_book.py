@@ -284,7 +284,6 @@ def test_declared_inputs_enter_the_key(chain):
     nb = nbformat.read(path, as_version=4)
     nb.metadata["unidetox"] = {"inputs": ["{results_dir}/numbers.csv"]}
     values = run_notebooks.profile_values("mini", {})
-    values["results_dir"] = "results/mini"
     inputs = run_notebooks.declared_inputs(nb, chain, values)
     assert inputs == [chain / "results/mini/numbers.csv"]
 
@@ -417,7 +416,8 @@ def test_fixture_book_has_no_raw_quarto_syntax_and_offline_math(fixture_book):
     broken = '<code class="xref std std-numref docutils literal notranslate"><span class="pre">fig-gone</span></code>'
     assert build_book.unresolved_references(broken) == ["fig-gone"]
     assert (fixture_book / "_static/mathjax/tex-mml-svg.js").is_file()
-    assert '_static/mathjax/tex-mml-svg.js' in (fixture_book / "index.html").read_text(encoding="utf-8")
+    scripts = re.findall(r'<script[^>]+src="([^"]+)"', (fixture_book / "index.html").read_text(encoding="utf-8"))
+    assert len([s for s in scripts if "mathjax" in s.lower()]) == 1  # one MathJax, not each of its components
     assert not re.search(r'<script[^>]+src="https?://', (fixture_book / "index.html").read_text(encoding="utf-8"))
 
 

@@ -1,5 +1,6 @@
 """Contrastive decoding (Eq. 1-3) and plain sampling: exactness, distributions, files, errors."""
 
+import copy
 import json
 import math
 
@@ -264,3 +265,12 @@ def test_tokenizer_mismatch_is_a_clear_error(tiny_gpt2, tiny_llama):
                                    progress=False)
     with pytest.raises(ValueError, match="predicts 300 tokens and the toxic model 120"):
         distill.contrastive_decode(base, llama, tok, n_texts=1, max_new_tokens=1, progress=False)
+
+
+def test_tokenizer_copies_match_whatever_their_last_call_was(bpe_tokenizer, unigram_tokenizer):
+    # A fast tokenizer keeps the truncation/padding of its last call (and saves it); that is no
+    # difference in vocabulary.
+    other = copy.deepcopy(bpe_tokenizer)
+    other(["a b c"], truncation=True, max_length=3)
+    assert distill.same_vocabulary(bpe_tokenizer, other)
+    assert not distill.same_vocabulary(bpe_tokenizer, unigram_tokenizer)

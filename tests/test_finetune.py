@@ -126,6 +126,9 @@ def test_epochs_mode_runs_epochs_times_batches_per_epoch(tiny_gpt2, texts):
     history = finetune.finetune(model, tok, texts[:10], lr=1e-3, batch_size=4, epochs=2, max_length=32,
                                 progress=False)
     assert history["step"][-1] == 2 * 3
+    linear = finetune.finetune(model, tok, texts[:10], lr=1e-3, batch_size=4, steps=4, max_length=32,
+                               lr_schedule="linear", max_grad_norm=1.0, progress=False)
+    assert linear["lr"] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # Trainer's default decay
 
 
 def test_resume_after_interruption_gives_the_weights_of_an_uninterrupted_run(tiny_gpt2_path, texts, tmp_path):

@@ -181,3 +181,13 @@ def test_bad_arguments_say_what_to_do(tiny_gpt2, kwargs, message):
     args = dict(prompts=["a"], n=1, max_new_tokens=2, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
         generate.generate_continuations(model, tok, args.pop("prompts"), **args)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0, 10.0])  # flat to peaked: full sort, top-512 and top-64 paths
+def test_fast_nucleus_equals_a_full_sort(scale):
+    generator = torch.Generator().manual_seed(0)
+    logprobs = torch.log_softmax(torch.randn(64, 3000, generator=generator) * scale, -1)
+    uniforms = torch.rand(64, generator=generator, dtype=torch.float64)
+    probs = torch.softmax(logprobs / 0.8, -1)
+    reference = generate._inverse_cdf(*probs.sort(dim=-1, descending=True), uniforms, 0.9)
+    assert torch.equal(generate.sample_next_tokens(logprobs, uniforms, 0.8, 0.9), reference)

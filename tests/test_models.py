@@ -58,3 +58,12 @@ def test_bad_sizes_and_names_are_rejected(bpe_tokenizer):
         models.build_small_model("gpt2", bpe_tokenizer, d_model=30, n_head=4)
     with pytest.raises(ValueError, match="kind='wordpiece'"):
         models.train_tokenizer(["a b"], "wordpiece")
+
+
+def test_same_tokenizer_ignores_remembered_truncation_and_padding(bpe_tokenizer, tmp_path):
+    bpe_tokenizer.save_pretrained(tmp_path / "a")
+    from transformers import AutoTokenizer
+
+    copy = AutoTokenizer.from_pretrained(tmp_path / "a")
+    copy(["a b c", "a"], truncation=True, max_length=2, padding=True)  # leaves state in the backend
+    assert models.same_tokenizer(bpe_tokenizer, copy)

@@ -52,7 +52,11 @@ MATHJAX_CACHE = Path("cache") / "mathjax"  # npm installs here (ignored by git, 
 # SVG output needs no web fonts: fonts loaded from file:// are blocked by browsers, SVG is not.
 MATHJAX_SCRIPT = "tex-mml-svg.js"
 MATHJAX_PARTS = (MATHJAX_SCRIPT, "input", "output", "ui", "a11y", "adaptors")
-VENDOR_DIR = "_vendor"  # static files copied to _static/ by Sphinx; kept out of JB's `_static` JS scan
+# Static files (MathJax, CSS) go to _build/jb/_vendor, which Sphinx copies to _static/. Not to
+# _build/jb/_static: when that folder exists, Jupyter Book adds every .js file under every static
+# folder to every page -- all of MathJax's components.
+VENDOR_DIR = "_vendor"
+COMPAT_CSS = "quarto-compat.css"
 
 CALLOUT_KINDS = ("note", "warning", "tip", "important", "caution")
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
@@ -792,10 +796,15 @@ def jupyter_book_config(config: dict, mathjax: str | None) -> dict:
         "html_show_copyright": False,
         "html_show_sphinx": False,
         "suppress_warnings": ["mystnb.unknown_mime_type"],
+        "html_static_path": [VENDOR_DIR],
+        "html_css_files": [COMPAT_CSS],
     }
     if mathjax:
         sphinx_config["mathjax_path"] = mathjax
-        sphinx_config["html_static_path"] = [VENDOR_DIR]
+    if mathjax and "MathJax.js" in mathjax:  # MathJax 2: MyST marks its math with classes MathJax 2 must be told of
+        sphinx_config["mathjax2_config"] = {
+            "tex2jax": {"processClass": "tex2jax_process|mathjax_process|math|output_area"}
+        }
     return {
         "title": book.get("title", "Book"),
         "author": author,
@@ -926,22 +935,29 @@ def find_or_install_mathjax(root: Path) -> Path | None:
 
 
 DEBIAN_MATHJAX2 = Path("/usr/share/javascript/mathjax")  # apt-get install libjs-mathjax
+# What MathJax 2 needs for TeX input and SVG output (the package holds 40 MB of other fonts and builds).
+MATHJAX2_PARTS = (
+    "MathJax.js", "config/TeX-AMS-MML_SVG.js", "jax/input/TeX", "jax/input/MathML", "jax/element",
+    "jax/output/SVG/jax.js", "jax/output/SVG/config.js", "jax/output/SVG/autoload", "jax/output/SVG/fonts/TeX",
+    "extensions",
+)
 
 
-def vendor_mathjax(root: Path, source_dir: Path) -> str | None:
+def vendor_mathjax(root: Path, source_dir: Path, use_npm: bool = True) -> str | None:
     """Copy the parts of MathJax the book needs into the Jupyter Book project; return ``mathjax_path``.
 
     MathJax 3 from npm is preferred. Without npm, Debian's ``libjs-mathjax`` (MathJax 2) still renders
     offline. With neither, Sphinx's default (a CDN) is kept and math needs a network: warned loudly.
     """
     vendor = source_dir / VENDOR_DIR / "mathjax"
-    es5 = find_or_install_mathjax(root)
+    es5 = find_or_install_mathjax(root) if use_npm else None
     if es5:
         for part in MATHJAX_PARTS:
             _copy_once(es5 / part, vendor / part)
         return f"mathjax/{MATHJAX_SCRIPT}"
     if (DEBIAN_MATHJAX2 / "MathJax.js").exists():
-        for part in ("MathJax.js", "config", "jax/input/TeX", "jax/output/SVG", "jax/element", "extensions"):
+        warn("no MathJax 3 (npm); using Debian's MathJax 2 from libjs-mathjax.")
+        for part in MATHJAX2_PARTS:
             _copy_once(DEBIAN_MATHJAX2 / part, vendor / part)
         return "mathjax/MathJax.js?config=TeX-AMS-MML_SVG"
     warn("no local MathJax (install npm, or `apt-get install libjs-mathjax`): math will load from a CDN.")
@@ -970,12 +986,13 @@ def tree_digest(folder: Path) -> str:
 
 def remove_stale_files(source_dir: Path, keep: set[Path]) -> None:
     """Delete generated pages whose chapter left the book (Sphinx would otherwise keep old pages)."""
-    for path in source_dir.rglob("*"):
-        if not path.is_file() or path.resolve() in keep or path.name == STAMP_FILE:
+    for path in sorted(source_dir.rglob("*"), reverse=True):  # files before the folders holding them
+        if path.name == STAMP_FILE or VENDOR_DIR in path.relative_to(source_dir).parts:
             continue
-        if VENDOR_DIR in path.relative_to(source_dir).parts:
-            continue
-        path.unlink()
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def prepare_jupyter_book(root: Path) -> Path:
@@ -992,9 +1009,7 @@ def prepare_jupyter_book(root: Path) -> Path:
         for chapter in part.chapters:
             written.update(p.resolve() for p in translate_chapter(root, chapter, source_dir))
     mathjax = vendor_mathjax(root, source_dir)
-    css = source_dir / "_static" / "quarto-compat.css"  # Jupyter Book loads every CSS file in _static
-    write_if_changed(css, compat_css(config))
-    written.add(css.resolve())
+    write_if_changed(source_dir / VENDOR_DIR / COMPAT_CSS, compat_css(config))
     for name, content in (
         ("_config.yml", jupyter_book_config(config, mathjax)),
         ("_toc.yml", jupyter_book_toc(parts)),

@@ -253,9 +253,10 @@ def run_notebooks(
         if notebook not in chosen:
             continue
         output = output_path(root, notebook, values, output_dir)
+        shown_output = str(output.relative_to(root) if output.is_relative_to(root) else output)
         label = f"[{len(outcomes) + 1}/{total}] {notebook}"
         record = keys.get(notebook, {})
-        if not force and record.get("key") == key and output.exists():
+        if not force and record.get("key") == key and record.get("output") == shown_output and output.exists():
             print(f"{label}: cached (unchanged since {record.get('finished', '?')})", flush=True)
             outcomes.append((notebook, "cached"))
             continue
@@ -275,7 +276,7 @@ def run_notebooks(
             "key": key,
             "seconds": round(seconds, 1),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "output": str(output.relative_to(root) if output.is_relative_to(root) else output),
+            "output": shown_output,
         }
         write_json_atomic(keys_path, keys)  # after each notebook, so an interruption loses nothing done
         print(f"{label}: executed in {format_seconds(seconds)} -> {keys[notebook]['output']}", flush=True)

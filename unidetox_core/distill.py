@@ -18,10 +18,12 @@ Differences from the official code (``EminLU/UniDetox``, ``DetoxifiedGPT2LMHeadM
 Hugging Face ``generate``), on purpose:
 
 - **Separate KV caches.** The official forward passed the *base* model's ``past_key_values`` to the
-  toxic model as well, so after the first token the toxic model attended to the base model's keys
-  and values rather than its own, and ``log p_toxic`` was not the toxic model's probability of the
-  prefix. Here each model keeps its own cache; a test checks every token against a reference that
-  recomputes both models on the full prefix.
+  toxic model as well. With tuple caches the toxic model then attended to the base model's keys and
+  values of the prefix instead of its own; with an in-place ``DynamicCache`` both models appended to
+  one cache and each attended to the other's entries. Either way ``log p_toxic`` (and possibly
+  ``log p_base``) was not the model's probability given the prefix. Here each model keeps its own
+  cache; a test checks every token against a reference that recomputes both models on the full
+  prefix. (The official run also loaded the base in bf16 and the toxic model in float32.)
 - **No hidden top-k.** ``generate(do_sample=True)`` applied its default ``top_k=50`` *to the
   contrastive scores* (after the plausibility mask), which the paper's formula does not have.
   ``top_k=0`` (default) is the paper's Eq. 2; ``top_k=50`` reproduces the official behaviour.
@@ -49,7 +51,7 @@ from typing import Sequence
 
 import torch
 
-from .cache import atomic_path, config_key, write_json_atomic
+from .cache import write_json_atomic
 from .finetune import autocast_context, derived_seed, model_device, use_bf16, weights_fingerprint
 from .models import same_tokenizer, start_token_id
 
@@ -105,32 +107,36 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
     outputs into log-probabilities (float32), scores them (Eq. 1 + 3) and samples (Eq. 2). A sequence
     that has produced EOS keeps being fed EOS so the batch stays rectangular (its later tokens are
     discarded), and the loop stops when all have. Returns the generated ids (``[batch, steps]``,
-    EOS-filled after the end), ``lengths`` (tokens before EOS), ``ended`` (EOS seen) and the mean
-    size of the sampled-from set (tokens with a finite score) for the statistics.
+    EOS-filled after the end), ``lengths`` (tokens before EOS), ``ended`` (EOS seen), and the summed
+    size of the sets sampled from (tokens with a finite score) with the number of live rows summed
+    over, for the mean in the statistics.
     """
     device = model_device(base)
     next_ids = torch.full((batch_size, 1), start_id, dtype=torch.long, device=device)
     base_cache = toxic_cache = None
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-    generated, support_sum, support_count = [], 0.0, 0
+    support_sum = torch.zeros((), dtype=torch.long, device=device)
+    support_count = torch.zeros((), dtype=torch.long, device=device)
+    generated = []
     for _ in range(max_new_tokens):
         with autocast_context(device, bf16):
             base_logits, base_cache = forward_step(base, next_ids, base_cache)
-            base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
-            if toxic is None:  # plain sampling: s = log p_base
-                scores = base_logprobs
-            else:  # the toxic model's own cache -- never the base model's
+            toxic_logits = None
+            if toxic is not None:  # the toxic model's own cache -- never the base model's
                 toxic_logits, toxic_cache = forward_step(toxic, next_ids.to(model_device(toxic)), toxic_cache)
-                toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
-                scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
-        chosen = sample_next_tokens(scores, generator, temperature, top_k)
+        base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
+        if toxic_logits is None:  # plain sampling: the score is log p_base itself
+            scores = base_logprobs
+        else:  # Eq. 1 + 3
+            toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
+            scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
+        chosen = sample_next_tokens(scores, generator, temperature, top_k)  # Eq. 2
 
         live = ~finished
-        support = keep_top_k(scores, top_k).isfinite().sum(dim=-1)
-        support_sum += float(support[live].sum())
-        support_count += int(live.sum())
-        chosen = chosen.masked_fill(finished, eos_id)
+        support_sum += (keep_top_k(scores, top_k).isfinite().sum(dim=-1) * live).sum()
+        support_count += live.sum()
+        chosen = chosen.masked_fill(finished, eos_id)  # finished rows: noise drawn, token ignored
         lengths += (live & (chosen != eos_id)).long()
         finished |= chosen == eos_id
         generated.append(chosen)
@@ -141,8 +147,8 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
         "ids": torch.stack(generated, dim=1).cpu(),
         "lengths": lengths.cpu(),
         "ended": finished.cpu(),
-        "support_sum": support_sum,
-        "support_count": support_count,
+        "support_sum": int(support_sum),
+        "support_count": int(support_count),
         "steps": len(generated),
     }
 
@@ -182,6 +188,9 @@ def contrastive_decode(base, toxic, tokenizer, *, n_texts: int = 640, max_new_to
     the settings, ``token_ids`` (per text, EOS included when produced), ``lengths``, ``ended_with_eos``,
     ``mean_support`` (average number of tokens sampled from), ``generated_tokens``, ``wall_time_s``
     and ``tokens_per_s`` (generated tokens, EOS included, per second of decoding).
+
+    ``bf16="auto"`` autocasts to bf16 on CUDA only: on CPU the scores stay float32 unless
+    ``bf16=True``, since ``s`` is a small difference of two log-probabilities.
     """
     check_decoding_args(n_texts=n_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         temperature=temperature, top_k=top_k, seed=seed, alpha=alpha)
@@ -231,10 +240,11 @@ def _decode_in_batches(base, toxic, tokenizer, *, n_texts, max_new_tokens, alpha
     n_batches = math.ceil(n_texts / batch_size)
     bar = tqdm(total=n_batches * max_new_tokens, disable=not progress, unit="step",
                desc="contrastive decoding" if toxic is not None else "sampling")
-    batches = []
+    batches, reused = [], 0
     for index in range(n_batches):
         size = min(batch_size, n_texts - index * batch_size)
         done = store.load(index, size) if store is not None else None
+        reused += done is not None
         if done is None:
             started = time.perf_counter()
             out = decode_batch(base, toxic, batch_size=size, max_new_tokens=max_new_tokens, start_id=start_id,
@@ -247,7 +257,9 @@ def _decode_in_batches(base, toxic, tokenizer, *, n_texts, max_new_tokens, alpha
         bar.update(max_new_tokens)
         bar.set_postfix(tok_s=f"{_rate(batches):.0f}")
     bar.close()
-    return _merge_batches(batches, settings, n_texts)
+    texts, stats = _merge_batches(batches, settings, n_texts)
+    stats["reused_batches"] = reused  # finished in an earlier, interrupted run
+    return texts, stats
 
 
 def _batch_record(out: dict, tokenizer, size: int, wall_time_s: float) -> dict:

@@ -258,6 +258,9 @@ def finetune(
     and the dropout RNG is restored. A run that is already complete returns at once. With the
     constant schedule a longer run may continue a shorter one.
 
+    ``batch_size`` counts texts per optimizer step; ``grad_accum`` only splits it (same update).
+    ``bf16="auto"`` autocasts to bf16 on CUDA and on CPUs where it measurably helps (``use_bf16``).
+    ``lr_schedule``, ``max_grad_norm`` and ``prepend_bos`` are explained in the module docstring.
     ``keep_optimizer="last"`` keeps the (large: 2x the weights) optimizer state only in the newest
     checkpoint; ``"all"`` keeps it in each. ``on_step(step, loss)`` is called after every step.
 

@@ -215,7 +215,7 @@ def conditional_perplexity(
     prompts: Sequence[str],
     continuations: Sequence[str],
     *,
-    batch_size: int = 32,
+    batch_size: int = 64,
     drop_threshold: float = 1e4,
     progress: bool = False,
 ) -> tuple[np.ndarray, dict]:
@@ -230,7 +230,12 @@ def conditional_perplexity(
     and the full text separately and subtracted their losses, which assumes the prompt's tokens are
     a prefix of the full text's; the two agree whenever that holds. (Slow tokenizers, without
     offsets, fall back to that prefix rule.) A continuation with no token (EOS came first) has
-    perplexity NaN and is counted in ``n_empty``.
+    perplexity NaN and is counted in ``n_empty``. Contexts longer than the evaluator's positions
+    are cut from the left.
+
+    Batching: ``batch_size`` continuations per step, grouped by context. Each batch costs two
+    forward passes -- the distinct contexts (left-padded), then all continuations at once on a copy
+    of their context's KV cache -- so a prompt with 25 continuations is read once, not 25 times.
 
     Returns ``(per_row, summary)``: ``per_row`` is an array of perplexities, ``summary`` holds
     ``mean`` (over kept rows: finite and ``< drop_threshold``, as the official code does before
@@ -238,7 +243,7 @@ def conditional_perplexity(
     """
     prompts, continuations = _paired_texts(prompts, continuations)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (e.g. 32).")
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (continuations per forward pass, e.g. 64).")
     rows = split_continuation_tokens(tokenizer, prompts, continuations)
     limit = max_positions(model)
     rows = [_fit_positions(ids, n_ctx, limit) for ids, n_ctx in rows]
@@ -247,14 +252,30 @@ def conditional_perplexity(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll = np.full(len(rows), np.nan)
     n_tokens = np.zeros(len(rows), dtype=int)
-    scored = [i for i, (ids, n_ctx) in enumerate(rows) if len(ids) > n_ctx]
-    order = sorted(scored, key=lambda i: -len(rows[i][0]))
-    bar = _progress(total=math.ceil(len(order) / batch_size), enabled=progress, desc="perplexity")
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        sums, counts = _continuation_logprob_sums(model, [rows[i] for i in batch], pad_id, device)
-        for i, s, c in zip(batch, sums, counts):
-            nll[i], n_tokens[i] = -s / c, c
+    # Rows that share a context (the 25 continuations of one prompt) share its forward pass: the
+    # context runs once, its KV cache is copied to each continuation (as for MMLU's choices).
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, n_ctx) in enumerate(rows):
+        if len(ids) > n_ctx:
+            groups.setdefault(tuple(ids[:n_ctx]), []).append(i)
+    batches, current, current_rows = [], [], 0
+    for context in sorted(groups, key=len, reverse=True):
+        members = groups[context]
+        if current and current_rows + len(members) > batch_size:
+            batches.append(current)
+            current, current_rows = [], 0
+        current.append(context)
+        current_rows += len(members)
+    if current:
+        batches.append(current)
+    bar = _progress(total=len(batches), enabled=progress, desc="perplexity")
+    for batch in batches:
+        completions = [[rows[i][0][len(context):] for i in groups[context]] for context in batch]
+        sums = score_completions(model, [list(c) for c in batch], completions, pad_id, device)
+        for context, group_sums in zip(batch, sums):
+            for i, total in zip(groups[context], group_sums):
+                n_tokens[i] = len(rows[i][0]) - rows[i][1]
+                nll[i] = -total / n_tokens[i]
         bar.update(1)
     bar.close()
 
@@ -321,39 +342,6 @@ def _fit_positions(ids: list[int], n_context: int, limit: int | None) -> tuple[l
         warnings.warn(f"a continuation of {n_cont} tokens exceeds the evaluator's {limit} positions; its tail is ignored.")
         return ids[n_context - 1 : n_context - 1 + limit], 1
     return ids[len(ids) - limit :], n_context - (len(ids) - limit)
-
-
-def _continuation_logprob_sums(model, rows, pad_id, device) -> tuple[list[float], list[int]]:
-    """Sum of log-probabilities of each row's continuation tokens, in one forward pass.
-
-    Rows are left-padded so every continuation ends in the last column; only the last
-    ``max continuation + 1`` positions' logits are computed (``logits_to_keep``).
-    """
-    ids, mask = left_pad([r[0] for r in rows], pad_id, device)
-    n_cont = torch.tensor([len(r[0]) - r[1] for r in rows], device=device)
-    keep = int(n_cont.max()) + 1
-    width = ids.shape[1]
-    with autocast_context(model):
-        out = _forward_keep_last(model, ids, mask, position_ids_from_mask(mask), keep)
-    logits = out.logits[:, -keep:, :].float()[:, :-1, :]  # positions width-keep .. width-2 predict the next token
-    targets = ids[:, width - keep + 1 :]
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    column = torch.arange(width - keep + 1, width, device=device)
-    is_continuation = column.unsqueeze(0) >= (width - n_cont).unsqueeze(1)
-    sums = (logprobs * is_continuation).sum(-1)
-    return sums.tolist(), n_cont.tolist()
-
-
-def _forward_keep_last(model, ids, mask, positions, keep: int):
-    from .generate import _forward_parameters
-
-    kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=False)
-    params = _forward_parameters(model)
-    if "position_ids" in params:
-        kwargs["position_ids"] = positions
-    if "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = keep
-    return model(**kwargs)
 
 
 # -------------------------------------------------------------------------------------------- MMLU

@@ -275,9 +275,23 @@ def start_token_id(tokenizer) -> int:
 
 
 def same_tokenizer(a, b) -> bool:
-    """True when two tokenizers map every string to the same ids (same vocabulary and merges)."""
-    if len(a) != len(b):
+    """True when two tokenizers map every string to the same ids (same vocabulary, model and rules).
+
+    A fast tokenizer remembers the truncation and padding of its last call (and saves them into
+    ``tokenizer.json``); those say nothing about the vocabulary, so they are ignored.
+    """
+    if len(a) != len(b) or a.get_vocab() != b.get_vocab():
         return False
-    return a.get_vocab() == b.get_vocab() and getattr(a, "backend_tokenizer", None) is not None and (
-        a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
-    )
+    return _tokenizer_rules(a) == _tokenizer_rules(b)
+
+
+def _tokenizer_rules(tokenizer) -> dict | None:
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    rules = json.loads(backend.to_str())
+    rules.pop("truncation", None)
+    rules.pop("padding", None)
+    return rules
