@@ -242,6 +242,26 @@ def test_repository_quarto_yml_is_a_book_with_the_planned_chapters():
         assert (ROOT / "book" / f"{page}.qmd").exists()
 
 
+def test_mathjax_is_vendored_from_a_local_copy_or_falls_back(tmp_path, monkeypatch, capsys):
+    es5 = tmp_path / "es5"
+    (es5 / "output").mkdir(parents=True)
+    (es5 / build_book.MATHJAX_SCRIPT).write_text("// mathjax")
+    monkeypatch.setenv("UNIDETOX_MATHJAX_DIR", str(es5))
+    assert build_book.vendor_mathjax(tmp_path / "jb") == "mathjax/tex-mml-svg.js"
+    assert (tmp_path / "jb/_vendor/mathjax/tex-mml-svg.js").read_text() == "// mathjax"
+
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    (debian / "MathJax.js").write_text("// v2")
+    monkeypatch.setattr(build_book, "DEBIAN_MATHJAX2", debian)
+    assert build_book.vendor_mathjax(tmp_path / "jb2", use_npm=False).startswith("mathjax/MathJax.js?config=")
+    config = build_book.jupyter_book_config(QUARTO, "mathjax/MathJax.js?config=TeX-AMS-MML_SVG")
+    assert "math" in config["sphinx"]["config"]["mathjax2_config"]["tex2jax"]["processClass"]
+    monkeypatch.setattr(build_book, "DEBIAN_MATHJAX2", tmp_path / "absent")
+    assert build_book.vendor_mathjax(tmp_path / "jb3", use_npm=False) is None
+    assert "math will load from a CDN" in capsys.readouterr().err
+
+
 # ============================================================================ run_notebooks: caching
 @pytest.fixture()
 def chain(tmp_path) -> Path:

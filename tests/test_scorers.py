@@ -21,6 +21,11 @@ def test_profanity_check_scores_offline_and_batched_equals_one_by_one():
     assert scorer([]).shape == (0,)
     with pytest.raises(TypeError, match="not one string"):
         scorer("a single text")
+    import pandas as pd
+
+    scored = scorers.add_scores(pd.DataFrame({"continuation": texts}), scorer)
+    np.testing.assert_allclose(scored.score, batched)
+    assert (scored.scorer == "profanity_check").all()
 
 
 def test_tfidf_binary_fit_save_load_and_factory(tmp_path):

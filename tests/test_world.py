@@ -98,9 +98,14 @@ def all_step_keys(settings: dict, profile: dict) -> dict[str, str]:
     return keys
 
 
-def changed(value):
+def changed(key, value):
+    """Another valid value of a setting."""
     if isinstance(value, bool):
         return not value
+    if key == "block_tokens":  # must stay below every model's context
+        return value - 1
+    if isinstance(value, float) and 0 < value < 1:  # shares and fractions
+        return value / 2
     if isinstance(value, (int, float)):
         return value * 2 + 1
     if isinstance(value, str):
@@ -113,12 +118,11 @@ def test_every_parameter_changes_a_cache_key(settings, profile):
     for key, value in settings.items():
         if key in ("profile", "cache_dir", "results_dir", "models"):
             continue
-        other = all_step_keys(world.world_settings(profile, **{key: changed(value) if key != "tweet_token_share" else 0.1}),
-                              profile)
+        other = all_step_keys(world.world_settings(profile, **{key: changed(key, value)}), profile)
         assert other != base, f"changing {key} changes no cache key"
     for name, spec in settings["models"].items():
         for key, value in spec.items():
-            other = all_step_keys(world.world_settings(profile, models={name: {key: changed(value)}}), profile)
+            other = all_step_keys(world.world_settings(profile, models={name: {key: changed(key, value)}}), profile)
             differs = {step for step in base if base[step] != other[step]}
             # A model's own setting retrains that model (and the source check for the source) only.
             assert differs and differs <= {name, "source_check"}, (name, key, differs)

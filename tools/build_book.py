@@ -28,7 +28,6 @@ import argparse
 import copy
 import hashlib
 import html
-import json
 import os
 import re
 import shlex
@@ -905,7 +904,7 @@ def translate_chapter(root: Path, source: str, target_dir: Path) -> list[Path]:
 
 
 # =============================================================================== offline MathJax
-def find_or_install_mathjax(root: Path) -> Path | None:
+def find_or_install_mathjax() -> Path | None:
     """The ``es5`` folder of a local MathJax 3: installed by npm into ``cache/mathjax`` once.
 
     Order: ``UNIDETOX_MATHJAX_DIR`` (an ``es5`` folder a reader already has), the npm cache, a
@@ -943,14 +942,14 @@ MATHJAX2_PARTS = (
 )
 
 
-def vendor_mathjax(root: Path, source_dir: Path, use_npm: bool = True) -> str | None:
+def vendor_mathjax(source_dir: Path, use_npm: bool = True) -> str | None:
     """Copy the parts of MathJax the book needs into the Jupyter Book project; return ``mathjax_path``.
 
     MathJax 3 from npm is preferred. Without npm, Debian's ``libjs-mathjax`` (MathJax 2) still renders
     offline. With neither, Sphinx's default (a CDN) is kept and math needs a network: warned loudly.
     """
     vendor = source_dir / VENDOR_DIR / "mathjax"
-    es5 = find_or_install_mathjax(root) if use_npm else None
+    es5 = find_or_install_mathjax() if use_npm else None
     if es5:
         for part in MATHJAX_PARTS:
             _copy_once(es5 / part, vendor / part)
@@ -1008,7 +1007,7 @@ def prepare_jupyter_book(root: Path) -> Path:
     for part in parts:
         for chapter in part.chapters:
             written.update(p.resolve() for p in translate_chapter(root, chapter, source_dir))
-    mathjax = vendor_mathjax(root, source_dir)
+    mathjax = vendor_mathjax(source_dir)
     write_if_changed(source_dir / VENDOR_DIR / COMPAT_CSS, compat_css(config))
     for name, content in (
         ("_config.yml", jupyter_book_config(config, mathjax)),

@@ -396,6 +396,17 @@ class TfidfClassifierScorer:
         return scorer
 
 
+def add_scores(frame, scorer, *, text_column: str = "continuation", score_column: str = "score"):
+    """A copy of ``frame`` with the toxicity ``scorer``'s probabilities in ``score_column`` and its
+    name in a ``scorer`` column (what ``metrics.toxicity_table`` reads to label its table)."""
+    if text_column not in frame.columns:
+        raise ValueError(f"frame has no {text_column!r} column; it has {list(frame.columns)}.")
+    scores = np.asarray(scorer(frame[text_column].tolist()))
+    if scores.ndim != 1:
+        raise ValueError(f"{getattr(scorer, 'name', scorer)!r} returns shape {scores.shape}; add_scores takes a toxicity scorer (n,).")
+    return frame.assign(**{score_column: scores, "scorer": getattr(scorer, "name", type(scorer).__name__)})
+
+
 # ---------------------------------------------------------------------------------------- factories
 def get_toxicity_scorer(name: str, **kwargs):
     """A toxicity scorer by name: ``detoxify``, ``profanity_check``, or ``davidson_tfidf`` (needs ``path=``).
