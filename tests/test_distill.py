@@ -274,3 +274,22 @@ def test_tokenizer_copies_match_whatever_their_last_call_was(bpe_tokenizer, unig
     other(["a b c"], truncation=True, max_length=3)
     assert distill.same_vocabulary(bpe_tokenizer, other)
     assert not distill.same_vocabulary(bpe_tokenizer, unigram_tokenizer)
+
+
+def test_plausibility_cut_alone_with_alpha_one_is_greedy_decoding(tiny_gpt2):
+    """alpha = 1 keeps only the base model's top token: plain sampling becomes greedy decoding."""
+    model, tok = tiny_gpt2
+    texts, stats = distill.sample_plain(model, tok, n_texts=3, max_new_tokens=8, batch_size=3, seed=0,
+                                        alpha=1.0, progress=False)
+    start = torch.tensor([[models.start_token_id(tok)]])
+    greedy = model.generate(start, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    ids = greedy[0, 1:].tolist()
+    if tok.eos_token_id in ids:
+        ids = ids[: ids.index(tok.eos_token_id)]
+    assert texts == [tok.decode(ids)] * 3
+
+
+def test_plausibility_cut_keeps_only_tokens_above_alpha_times_the_max():
+    logp = torch.log(torch.tensor([[0.5, 0.3, 0.04, 0.16]]))
+    kept = distill.plausible_only(logp, alpha=0.1).isfinite()
+    assert kept.tolist() == [[True, True, False, True]]

@@ -73,6 +73,13 @@ def contrastive_scores(base_logprobs: torch.Tensor, toxic_logprobs: torch.Tensor
     return scores.masked_fill(implausible, -math.inf)
 
 
+def plausible_only(base_logprobs: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 3's cut applied to ``log p_base`` itself, without the contrast: the control that asks
+    whether the plausibility constraint alone, rather than the toxic model, does the detoxifying."""
+    cutoff = math.log(alpha) + base_logprobs.max(dim=-1, keepdim=True).values
+    return base_logprobs.masked_fill(base_logprobs < cutoff, -math.inf)
+
+
 # ------------------------------------------------------------------------------------------ Eq. 2
 def keep_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     """Keep the ``top_k`` highest scores per row (ties at the boundary kept), ``-inf`` the rest --
@@ -126,8 +133,8 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
             if toxic is not None:  # the toxic model's own cache -- never the base model's
                 toxic_logits, toxic_cache = forward_step(toxic, next_ids.to(model_device(toxic)), toxic_cache)
         base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
-        if toxic_logits is None:  # plain sampling: the score is log p_base itself
-            scores = base_logprobs
+        if toxic_logits is None:  # plain sampling: log p_base itself, optionally cut by Eq. 3 alone
+            scores = plausible_only(base_logprobs, alpha) if alpha else base_logprobs
         else:  # Eq. 1 + 3
             toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
             scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
@@ -204,17 +211,19 @@ def contrastive_decode(base, toxic, tokenizer, *, n_texts: int = 640, max_new_to
 
 def sample_plain(base, tokenizer, *, n_texts: int = 640, max_new_tokens: int = 256, batch_size: int = 128,
                  seed: int = 0, temperature: float = 1.0, top_k: int = 0, progress: bool = True, bf16="auto",
-                 batch_dir=None) -> tuple[list[str], dict]:
+                 batch_dir=None, alpha: float = 0.0) -> tuple[list[str], dict]:
     """The "Samples" baseline: ancestral sampling from the base model alone, from the start token.
 
-    Same interface, batching, random stream and outputs as ``contrastive_decode``; ``top_k=0`` is
-    pure sampling from ``p_base``.
+    Same interface, batching, random stream and outputs as ``contrastive_decode``; ``top_k=0`` and
+    ``alpha=0`` (the defaults) are pure sampling from ``p_base``. ``alpha > 0`` keeps only the
+    tokens that pass Eq. 3's plausibility cut and samples them in proportion to ``p_base`` -- the
+    book's control for "does the cut alone detoxify?".
     """
     check_decoding_args(n_texts=n_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        temperature=temperature, top_k=top_k, seed=seed, alpha=0.0)
+                        temperature=temperature, top_k=top_k, seed=seed, alpha=alpha)
     check_positions(base, max_new_tokens, "base")
     return _decode_in_batches(base, None, tokenizer, n_texts=n_texts, max_new_tokens=max_new_tokens,
-                              alpha=None, batch_size=batch_size, seed=seed, temperature=temperature,
+                              alpha=alpha or None, batch_size=batch_size, seed=seed, temperature=temperature,
                               top_k=top_k, progress=progress, bf16=bf16, batch_dir=batch_dir)
 
 
@@ -364,9 +373,10 @@ def run_distillation(base_path, toxic_path, out_csv, *, device: str | None = "au
     out_csv = Path(out_csv)
     base, tokenizer = load_model(str(base_path), dtype=dtype, device=device, param="base_path")
     batch_dir = out_csv.with_name(out_csv.name + ".batches")
-    if toxic_path is None:
+    if toxic_path is None:  # plain samples; ``plain_alpha`` > 0 gives the plausibility-cut-only control
         decode_kwargs.pop("alpha", None)
-        texts, stats = sample_plain(base, tokenizer, batch_dir=batch_dir, **decode_kwargs)
+        plain_alpha = decode_kwargs.pop("plain_alpha", 0.0)
+        texts, stats = sample_plain(base, tokenizer, batch_dir=batch_dir, alpha=plain_alpha, **decode_kwargs)
     else:
         toxic, toxic_tokenizer = load_model(str(toxic_path), dtype=dtype, device=device, param="toxic_path")
         texts, stats = contrastive_decode(base, toxic, tokenizer, toxic_tokenizer=toxic_tokenizer,
