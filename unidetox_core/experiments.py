@@ -1,0 +1,314 @@
+"""The experiment's stages as cached functions: what the chapters call.
+
+Each function takes the profile's values (``P``, from ``profiles.for_notebook``) and returns a path
+or a table. Its outputs live under a folder named by a key of everything that determines them, so
+a rerun reuses them and a changed setting recomputes only what depends on it; long stages resume
+after an interruption (fine-tuning and distillation checkpoint themselves). The stages, in order:
+
+    toxic_model      base model + toxic corpus            -> toxic model           (Section 3.1)
+    distilled_text   base + toxic (or base alone)         -> 640 texts, CSV + JSON (Eq. 1-3)
+    detox_checkpoints any model + a text CSV + lr         -> checkpoints per step  (Eq. 4, App. B.3)
+    evaluate         a model variant + prompts + seed     -> continuations, scores, perplexity, summary
+    mmlu             a model variant                      -> few-shot accuracy
+
+A *variant* is a plain dict saying how to build the evaluated model: a checkpoint, optionally with
+a baseline applied (pre-prompt, DExperts, LM-Steer, Task Arithmetic); see ``build_variant``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cache import config_key, write_csv_atomic, write_json_atomic
+
+TOXIC_SEED = 0  # one toxic model per base model, as in the paper
+
+
+# ------------------------------------------------------------------------------------------- names
+def resolve_model(P: dict, name: str) -> str:
+    """A loadable path or hub id for a profile's model name (``world:...`` names are built on demand)."""
+    if name.startswith("world:"):
+        from . import world
+
+        return world.resolve_model(name, P)
+    return name
+
+
+def slug(name: str) -> str:
+    """A short file-system-safe label for a model name or path."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", name.split("world:")[-1].rstrip("/").split("/")[-1])[:60]
+
+
+def _stage_dir(P: dict, stage: str, label: str, config: dict) -> Path:
+    return Path(P["cache_dir"]) / stage / f"{slug(label)}-{config_key(config)}"
+
+
+# ------------------------------------------------------------------------------------- toxic model
+def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
+    """The toxic version of model ``name``: fine-tuned on the profile's toxic corpus (Section 3.1:
+    3 epochs, batch 4, lr 1e-5 on the paper profile). Built once, then reused by every stage."""
+    from . import data, finetune, models
+
+    base = resolve_model(P, name)
+    config = dict(base=base, corpus=P["toxic_corpus"], epochs=P["toxic_epochs"], batch_size=P["toxic_batch_size"],
+                  lr=P["toxic_lr"], max_length=P["toxic_max_length"], seed=TOXIC_SEED)
+    folder = _stage_dir(P, "toxic", name, config)
+    final = folder / "final"
+    if (final / "config.json").exists():
+        return final
+    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
+    texts = data.load_toxic_texts(P)
+    total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
+    every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
+    finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
+                      epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
+                      save_steps=range(every, total, every), output_dir=folder / "checkpoints", progress=progress)
+    models.save_model(model, tokenizer, final)
+    write_json_atomic(folder / "config.json", config)
+    return final
+
+
+def _cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------- distilled text
+TEXT_KINDS = ("unidetox", "samples", "cut_only")
+
+
+def distilled_text(P: dict, kind: str = "unidetox", *, alpha: float | None = None, seed: int = 0,
+                   top_k: int | None = None, progress: bool = True) -> Path:
+    """The CSV (column ``Text``) of ``P['distill_n_texts']`` texts from the source model.
+
+    ``kind``: ``unidetox`` = contrastive decoding against the toxic model (Eq. 1-3); ``samples`` =
+    plain samples (the paper's "GPT-2 Samples"); ``cut_only`` = samples restricted by Eq. 3's
+    plausibility cut without the toxic model (a control the paper lacks).
+    """
+    from . import distill
+
+    if kind not in TEXT_KINDS:
+        raise ValueError(f"kind={kind!r}; use one of {TEXT_KINDS}.")
+    alpha = P["distill_alpha"] if alpha is None else alpha
+    top_k = P["distill_top_k"] if top_k is None else top_k
+    base = resolve_model(P, P["source_model"])
+    toxic = toxic_model(P, P["source_model"], progress=progress) if kind == "unidetox" else None
+    config = dict(kind=kind, base=base, toxic=str(toxic), alpha=alpha if kind != "samples" else 0.0, seed=seed,
+                  top_k=top_k, n=P["distill_n_texts"], length=P["distill_max_new_tokens"],
+                  batch=P["distill_batch_size"], temperature=P["distill_temperature"])
+    folder = _stage_dir(P, "distilled", kind, config)
+    out_csv = folder / "texts.csv"
+    if out_csv.exists() and out_csv.with_suffix(".json").exists():
+        return out_csv
+    kwargs = dict(n_texts=P["distill_n_texts"], max_new_tokens=P["distill_max_new_tokens"], seed=seed, top_k=top_k,
+                  batch_size=P["distill_batch_size"], temperature=P["distill_temperature"], progress=progress)
+    if kind == "unidetox":
+        distill.run_distillation(base, toxic, out_csv, alpha=alpha, **kwargs)
+    else:
+        distill.run_distillation(base, None, out_csv, plain_alpha=alpha if kind == "cut_only" else 0.0, **kwargs)
+    return out_csv
+
+
+def clean_text(P: dict, seed: int = 0) -> Path:
+    """The DAPT-style control: as many held-out news texts as there are distilled texts, cut to
+    about the same length (the text a human would call "clean")."""
+    from . import data
+
+    config = dict(kind="clean_news", n=P["distill_n_texts"], words=P["distill_max_new_tokens"] * 3 // 4, seed=seed)
+    out_csv = _stage_dir(P, "distilled", "clean_news", config) / "texts.csv"
+    if out_csv.exists():
+        return out_csv
+    articles = data.load_allsides("random")
+    held_out = articles[articles["split"] == "test"].sample(P["distill_n_texts"], random_state=seed, replace=False)
+    texts = [" ".join(t.split()[: config["words"]]) for t in held_out["text"]]
+    write_csv_atomic(pd.DataFrame({"Text": texts}), out_csv)
+    write_json_atomic(out_csv.with_suffix(".json"), config)
+    return out_csv
+
+
+def read_texts(path: str | Path) -> list[str]:
+    return pd.read_csv(path, keep_default_na=False)["Text"].astype(str).tolist()
+
+
+# ------------------------------------------------------------------------------- detox fine-tuning
+def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progress: bool = True) -> dict[int, Path]:
+    """Fine-tune model ``name`` on the texts of ``text_csv`` with learning rate ``lr`` (AdamW, batch
+    ``P['detox_batch_size']``); one run to the largest step of ``P['detox_steps']``, saving each."""
+    from . import finetune, models
+
+    base = resolve_model(P, name)
+    steps = sorted(P["detox_steps"])
+    config = dict(base=base, texts=str(text_csv), lr=lr, batch_size=P["detox_batch_size"],
+                  max_length=P["detox_max_length"], steps=steps, seed=0)
+    folder = _stage_dir(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config)
+    paths = {s: folder / f"step-{s}" for s in steps}
+    if all((p / "config.json").exists() for p in paths.values()):
+        return paths
+    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto")
+    finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
+                      steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
+                      output_dir=folder, progress=progress)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ model variants
+def variant(method: str, model: str, checkpoint: str | Path, hparam: str = "", value: Any = None, **extra) -> dict:
+    """How to build one evaluated model: ``checkpoint`` (a path or hub id) of profile model ``model``,
+    with a baseline ``method`` applied (``base``, ``unidetox``, ``samples``, ``preprompt``,
+    ``dexperts`` (extra: toxic), ``lm_steer`` (extra: steering), ``task_arithmetic`` (extra: toxic))."""
+    return dict(method=method, model=model, checkpoint=str(checkpoint), hparam=hparam, value=value, **extra)
+
+
+@contextlib.contextmanager
+def build_variant(P: dict, spec: dict):
+    """Load the variant's model; yield ``(model, tokenizer, generate_kwargs)``; undo hooks after."""
+    from . import baselines, models
+
+    model, tokenizer = _load_cached(spec["checkpoint"])
+    kwargs: dict[str, Any] = {}
+    method = spec["method"]
+    if method == "preprompt":
+        kwargs["prefix"] = baselines.SAFETY_PREPROMPTS[spec["value"]]
+    elif method == "dexperts":
+        toxic, _ = _load_cached(spec["toxic"])
+        kwargs["logits_processor_factory"] = baselines.dexperts_processor_factory(toxic, float(spec["value"]))
+    elif method == "task_arithmetic":
+        toxic, _ = _load_cached(spec["toxic"])
+        model = baselines.task_arithmetic(model, toxic, float(spec["value"]))
+    if method == "lm_steer":
+        steering = baselines.load_steering_matrix(spec["steering"])
+        epsilon = float(spec["value"]) * P["lmsteer_epsilon"]
+        with baselines.apply_lm_steer(model, steering, epsilon):
+            yield model, tokenizer, kwargs
+    else:
+        yield model, tokenizer, kwargs
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str):
+    """Models are reused across many evaluations of one chapter; keep the last few loaded."""
+    from . import models
+
+    return models.load_model(path)
+
+
+# ---------------------------------------------------------------------------------------- scorers
+@functools.lru_cache(maxsize=None)
+def _toxicity_scorer(P_key: str, which: str):
+    from . import scorers, world
+
+    P = json.loads(P_key)
+    name = P[which]
+    if name.endswith("_tfidf"):
+        return scorers.get_toxicity_scorer(name, path=world.scorer_path(name, P))
+    return scorers.get_toxicity_scorer(name)
+
+
+def toxicity_scorer(P: dict, which: str = "toxicity_scorer"):
+    """The profile's main (``toxicity_scorer``) or second (``second_toxicity_scorer``) instrument."""
+    return _toxicity_scorer(json.dumps(P, sort_keys=True, default=str), which)
+
+
+def bias_scorer(P: dict):
+    from . import scorers, world
+
+    name = P["bias_scorer"]
+    if name.endswith("_tfidf"):
+        return scorers.get_bias_scorer(name, path=world.scorer_path(name, P))
+    return scorers.get_bias_scorer(name)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def eval_prompts(P: dict, split: str) -> pd.DataFrame:
+    from . import data
+
+    return data.load_eval_prompts(P, split=split)
+
+
+def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: bool = True) -> dict:
+    """Evaluate one variant on one split and seed (Section 3.3); return its summary row.
+
+    25 continuations per prompt (``eval_n_continuations``), at most 20 tokens, nucleus p = 0.9; both
+    toxicity scorers score each continuation; the evaluator LM gives its conditional perplexity;
+    Dist-1/2/3 over each prompt's continuations. The continuations with their scores are kept in
+    the cache (one CSV per evaluation) so any table can be recomputed without generating again.
+    """
+    from . import generate, metrics
+
+    prompts = eval_prompts(P, split)
+    config = dict(spec=spec, split=split, seed=seed, prompts=config_key({"t": prompts["text"].tolist()}),
+                  n=P["eval_n_continuations"], length=P["eval_max_new_tokens"], top_p=P["eval_top_p"],
+                  scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
+    folder = _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config)
+    table = folder / "continuations.csv"
+    if table.exists():
+        frame = pd.read_csv(table, keep_default_na=False)
+    else:
+        with build_variant(P, spec) as (model, tokenizer, kwargs):
+            frame = generate.generate_continuations(
+                model, tokenizer, prompts["text"].tolist(), n=P["eval_n_continuations"],
+                max_new_tokens=P["eval_max_new_tokens"], top_p=P["eval_top_p"], seed=seed,
+                batch_size=P["eval_batch_size"], progress=progress, **kwargs)
+        frame["domain"] = prompts["category"].to_numpy()[frame["prompt_id"].to_numpy()]
+        frame["score"] = toxicity_scorer(P)(frame["continuation"].tolist())
+        frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
+        evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
+        frame["ppl"], _ = metrics.conditional_perplexity(
+            evaluator, evaluator_tok, frame["prompt"].tolist(), frame["continuation"].tolist(),
+            drop_threshold=float("inf"))
+        write_csv_atomic(frame, table)
+    return summarize(P, frame, spec, split, seed)
+
+
+def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -> dict:
+    """One results row: TP/EMT/mean score per ID, OOD and all domains for both scorers, perplexity
+    (values >= ``ppl_drop_threshold`` dropped, as the official code did, and counted), Dist-1/2/3."""
+    from . import metrics
+
+    row = {k: spec.get(k) for k in ("method", "model", "hparam", "value", "lr")}
+    row.update(split=split, seed=seed)
+    for column, tag in (("score", ""), ("score2", "2")):
+        table = metrics.toxicity_table(frame.assign(score=frame[column]).drop(columns=["scorer"], errors="ignore"))
+        for domain in ("ID", "OOD", "all"):
+            if domain in table.index:
+                row[f"TP{tag}_{domain}"] = table.loc[domain, "TP"]
+                row[f"EMT{tag}_{domain}"] = table.loc[domain, "EMT"]
+        row[f"mean_score{tag}"] = float(frame[column].mean())
+    ppl = frame["ppl"].astype(float)
+    kept = ppl[ppl < P["ppl_drop_threshold"]]
+    row.update(PPL=float(kept.mean()) if len(kept) else float("nan"), ppl_dropped=int((~ppl.isin(kept)).sum()))
+    row.update(metrics.diversity(frame))
+    return row
+
+
+def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
+    """Few-shot MMLU accuracy of one variant (``mmlu_shots`` shots; ``mmlu_max_questions`` a
+    stratified subsample when > 0); normalised (Brown et al.) and unnormalised."""
+    from . import data, metrics
+
+    test, dev = data.load_mmlu_for(P, "test"), data.load_mmlu_for(P, "dev")
+    if P["mmlu_max_questions"]:
+        test = data.subsample_stratified(test, P["mmlu_max_questions"], seed=0, by="subject")
+    config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
+    out = _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    with build_variant(P, spec) as (model, tokenizer, _):
+        result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress)
+    result = {k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in result.items()
+              if not isinstance(v, pd.DataFrame)}
+    write_json_atomic(out, result)
+    return result
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
