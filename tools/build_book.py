@@ -196,6 +196,9 @@ IMAGE_WITH_ATTRS = re.compile(r'^\s*!\[(.*)\]\((\S+?)(?:\s+"[^"]*")?\)\{([^{}]*)
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)")
 TABLE_CAPTION = re.compile(r"^\s*(?::|Table:)\s+(.*?)\s*\{#(tbl-[\w-]+)\}\s*$")
 EQUATION_LABEL = re.compile(r"^\s*\{#(eq-[\w-]+)\}\s*$")
+# Directives whose first line holds a caption are fenced with tildes: a caption may hold a role such
+# as {numref}`fig-x`, and CommonMark ends a backtick fence's info string at the first backtick.
+DIRECTIVE_FENCE = "~~~"
 QUARTO_CELL = re.compile(r"^\{([A-Za-z][\w-]*)([^}]*)\}$")  # ```{python} (executable in Quarto)
 
 
@@ -463,9 +466,9 @@ def _translate_pipe_table(lines: list[str], start: int, out: list) -> int:
     if caption is None:
         out.extend(translate_refs(line) for line in table)
         return i - start
-    out.extend([f"```{{table}} {translate_refs(caption)}", f":name: {label}", ""])
+    out.extend([f"{DIRECTIVE_FENCE}{{table}} {translate_refs(caption)}", f":name: {label}", ""])
     out.extend(translate_refs(line) for line in table)
-    out.append("```")
+    out.append(DIRECTIVE_FENCE)
     return i - start
 
 
@@ -642,12 +645,12 @@ def html_table_to_list_table(html_text: str, caption: str, label: str) -> str | 
     if not rows:
         return None
     grid = _expand_spans(rows, parser.bold_ids())
-    lines = [f"```{{list-table}} {translate_refs(caption)}", f":header-rows: {len(parser.header_rows)}"]
+    lines = [f"{DIRECTIVE_FENCE}{{list-table}} {translate_refs(caption)}", f":header-rows: {len(parser.header_rows)}"]
     lines += [f":name: {label}", ":class: dataframe", ""]
     for row in grid:
         lines.append(f"* - {row[0]}".rstrip())
         lines.extend(f"  - {cell}".rstrip() for cell in row[1:])
-    lines.append("```")
+    lines.append(DIRECTIVE_FENCE)
     return "\n".join(lines)
 
 
@@ -656,7 +659,7 @@ def markdown_table_to_table(markdown: str, caption: str, label: str) -> str | No
     table = [line for line in markdown.strip().splitlines() if line.strip()]
     if len(table) < 2 or not all(line.lstrip().startswith("|") for line in table):
         return None
-    return "\n".join([f"```{{table}} {translate_refs(caption)}", f":name: {label}", "", *table, "```"])
+    return "\n".join([f"{DIRECTIVE_FENCE}{{table}} {translate_refs(caption)}", f":name: {label}", "", *table, DIRECTIVE_FENCE])
 
 
 # ============================================================================ notebooks: the cells

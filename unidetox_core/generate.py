@@ -13,7 +13,9 @@ Why a sampling loop of our own rather than ``model.generate``:
   ``(seed, prompt_id, sample)``, so a continuation depends on the seed and the model only -- not on
   the batch size, the batch it landed in, or the other prompts evaluated with it;
 - a logits-processor hook sees log-probabilities *before* temperature and nucleus filtering, the
-  order DExperts needs: ``(1+beta) log p_base - beta log p_toxic``, then the nucleus.
+  order DExperts needs: ``(1+beta) log p_base - beta log p_toxic``, then the nucleus;
+- the KV cache gets room for all new tokens up front (``DynamicCache`` would copy itself whole at
+  every step), and the nucleus is found among the top 64 / 512 tokens before any full sort.
 
 The helpers at the bottom (device, autocast, cache keyword, position ids) are shared with
 ``metrics.py``, which runs the same kind of batched, cached forward passes.
@@ -104,7 +106,7 @@ def sample_next_tokens(
     # Sorting the whole vocabulary is slow on a CPU (256 x 50k: ~2 s a step); the nucleus usually
     # sits in the top few dozen tokens. Try the top 64, then 512, and sort in full only the rows whose
     # nucleus is larger. When the top k hold >= top_p of the mass the nucleus lies inside them, so
-    # every row gets exactly the tokens (and the draw) a full sort would give.
+    # every row gets the tokens (and the draw) a full sort would give, up to the order of exact ties.
     uniforms = uniforms.to(probs.device)
     chosen = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     rows = torch.arange(probs.shape[0], device=probs.device)
