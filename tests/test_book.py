@@ -436,7 +436,7 @@ def test_fixture_book_links_and_images_resolve(fixture_book):
 
 
 def test_fixture_book_has_no_raw_quarto_syntax_and_offline_math(fixture_book):
-    assert build_book.raw_quarto_leftovers(fixture_book) == []
+    assert build_book.raw_syntax_leftovers(fixture_book) == []
     for page in ("index.html", "notebooks/results.html"):
         assert build_book.unresolved_references((fixture_book / page).read_text(encoding="utf-8")) == []
     broken = '<code class="xref std std-numref docutils literal notranslate"><span class="pre">fig-gone</span></code>'

@@ -59,8 +59,11 @@ COMPAT_CSS = "quarto-compat.css"
 
 CALLOUT_KINDS = ("note", "warning", "tip", "important", "caution")
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
-# What must never reach a reader: Quarto syntax that the translation missed.
+# What must never reach a reader: Quarto syntax the translation missed, and MyST syntax that
+# Sphinx did not parse (a directive or role shown as text).
 RAW_QUARTO_PATTERNS = ("@fig-", "@tbl-", "@eq-", "@sec-", "{#", "#|")
+RAW_MYST_PATTERNS = ("```{", "~~~{", ":::{", "{numref}`", "{eq}`", "{ref}`")
+RAW_PATTERNS = RAW_QUARTO_PATTERNS + RAW_MYST_PATTERNS
 
 
 def warn(message: str) -> None:
@@ -1041,14 +1044,14 @@ def run_jupyter_book(root: Path, source_dir: Path, fresh: bool = False) -> None:
         raise SystemExit(f"jupyter-book build failed (exit {result.returncode}).")
 
 
-def raw_quarto_leftovers(html_dir: Path) -> list[str]:
-    """``page: pattern`` for every page whose visible text still holds untranslated Quarto syntax."""
+def raw_syntax_leftovers(html_dir: Path) -> list[str]:
+    """``page: pattern`` for every page whose visible text still holds Quarto or MyST syntax."""
     found = []
     for page in sorted(html_dir.rglob("*.html")):
         if page.relative_to(html_dir).parts[0] in ("_static", "_sources", "_images"):
             continue
         text = visible_text(page.read_text(encoding="utf-8", errors="replace"))
-        found.extend(f"{page.relative_to(html_dir)}: {p}" for p in RAW_QUARTO_PATTERNS if p in text)
+        found.extend(f"{page.relative_to(html_dir)}: {p}" for p in RAW_PATTERNS if p in text)
     return found
 
 
@@ -1077,8 +1080,8 @@ def build_with_jupyter_book(root: Path, force: bool = False) -> Path:
     stamp_path.unlink(missing_ok=True)  # an interrupted build must not look finished
     run_jupyter_book(root, source_dir, fresh=force)
     stamp_path.write_text(digest)
-    for leftover in raw_quarto_leftovers(html_dir):
-        warn(f"untranslated Quarto syntax in {leftover}")
+    for leftover in raw_syntax_leftovers(html_dir):
+        warn(f"raw syntax shown to readers in {leftover}")
     for page in sorted(html_dir.glob("**/*.html")):
         labels = unresolved_references(page.read_text(encoding="utf-8", errors="replace"))
         if labels:

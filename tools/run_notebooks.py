@@ -23,8 +23,9 @@ filled in::
 
     "metadata": {"unidetox": {"inputs": ["{results_dir}/data_counts.csv"]}}
 
-A notebook that declares no inputs depends, conservatively, on every chapter before it: it runs
-again whenever an earlier chapter's key changed. Keys are kept per profile in
+``"inputs": []`` declares that the notebook reads nothing an earlier chapter writes. A notebook
+that declares no inputs at all depends, conservatively, on every chapter before it: it runs again
+whenever an earlier chapter's key changed. Keys are kept per profile in
 ``results/<profile>/.notebook_keys.json``, written after each notebook, so an interrupted run
 resumes where it stopped.
 """
