@@ -226,3 +226,16 @@ def test_mmlu_drops_shots_from_the_left_when_too_long_and_rejects_bad_input(tiny
         metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=-1)
     with pytest.raises(ValueError, match="choices"):
         metrics.mmlu_accuracy(model, tok, questions.drop(columns="choices"), dev)
+
+
+def test_mmlu_fits_questions_longer_than_the_model_window(tiny_gpt2):
+    """A question and choices longer than the window are cut, never passed beyond the positions."""
+    import pandas as pd
+
+    from unidetox_core import metrics
+
+    model, tok = tiny_gpt2
+    long = " ".join(["the news report says"] * 40)
+    questions = pd.DataFrame({"subject": ["s"], "question": [long], "choices": [[long, "a", "b", "c"]], "answer": [1]})
+    result = metrics.mmlu_accuracy(model, tok, questions, questions, k_shot=1, max_length=32)
+    assert 0.0 <= result["acc_normalized"] <= 1.0

@@ -59,13 +59,15 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
 
     base = resolve_model(P, name)
     config = dict(base=base, corpus=P["toxic_corpus"], epochs=P["toxic_epochs"], batch_size=P["toxic_batch_size"],
-                  lr=P["toxic_lr"], max_length=P["toxic_max_length"], seed=TOXIC_SEED)
+                  lr=P["toxic_lr"], max_length=P["toxic_max_length"], max_texts=P["toxic_max_texts"], seed=TOXIC_SEED)
     folder = _stage_dir(P, "toxic", name, config)
     final = folder / "final"
     if (final / "config.json").exists():
         return final
     model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
     texts = data.load_toxic_texts(P)
+    if P["toxic_max_texts"]:
+        texts = texts[: P["toxic_max_texts"]]
     total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
     every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
     finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],

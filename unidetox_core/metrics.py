@@ -442,6 +442,8 @@ def mmlu_accuracy(
     answer_ids = _encode(tokenizer, ANSWER_CONTEXT)
     distinct = list(dict.fromkeys(c for item in items for c in item["completions"]))
     distinct_ids = _split_completions(tokenizer, ANSWER_CONTEXT, answer_ids, distinct)
+    if limit is not None:  # a choice longer than the window is scored on its first tokens only
+        distinct_ids = [ids[: max(1, limit - len(answer_ids))] for ids in distinct_ids]
     unconditional_by_text = {}
     chunk = batch_size * 4
     for start in range(0, len(distinct), chunk):
@@ -503,6 +505,9 @@ def score_completions(
         cache.batch_select_indices(owner)
         attention = torch.cat([ctx_mask.index_select(0, owner), comp_mask], dim=1)
         comp_positions = positions.index_select(0, owner)[:, -1:] + 1 + torch.arange(comp_ids.shape[1], device=device)
+        limit = max_positions(model)
+        if limit is not None:  # padding after a short completion may run past the window; it is masked anyway
+            comp_positions = comp_positions.clamp(max=limit - 1)
         with autocast_context(model):
             out = forward_cached(model, comp_ids, attention, comp_positions, cache=cache, last_only=False)
         rest = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1).gather(-1, comp_ids[:, 1:, None]).squeeze(-1)
@@ -546,7 +551,10 @@ def _fit_mmlu_prompt(tokenizer, question, shots, completions, limit):
         longest = max(len(c) for c in completion_ids)
         if limit is None or len(context_ids) + longest <= limit:
             return context_ids, completion_ids, n_shots, n_shots < len(shots)
-    keep = max(1, limit - longest)
+    # Even without shots it does not fit: keep the question's last tokens, and if a choice alone is
+    # longer than the window, score only its first tokens (rare: tiny models with short windows).
+    completion_ids = [c[: limit - 1] for c in completion_ids]
+    keep = max(1, limit - max(len(c) for c in completion_ids))
     return context_ids[-keep:], completion_ids, 0, True
 
 

@@ -41,6 +41,7 @@ _COMMON: dict[str, Any] = {
     "toxic_batch_size": 4,
     "toxic_lr": 1e-5,
     "toxic_max_length": 512,
+    "toxic_max_texts": 0,  # 0 = the whole toxic corpus; the tiny profile takes a few texts
     # distillation (Eq. 1-3, App. B.3): 640 texts of <= 256 tokens, alpha 0.1, 5 x 128
     "distill_n_texts": 640,
     "distill_max_new_tokens": 256,
@@ -119,6 +120,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "toxic_batch_size": 8,
         "toxic_lr": 1e-3,
         "toxic_max_length": 64,
+        "toxic_max_texts": 64,
         "distill_n_texts": 16,
         "distill_max_new_tokens": 24,
         "distill_batch_size": 8,
