@@ -207,3 +207,20 @@ def test_bad_finetuning_arguments_fail_before_any_compute(tiny_gpt2, texts, over
         finetune.finetune(model, tok, texts, **{**kw, **override})
     with pytest.raises(ValueError, match="texts is empty"):
         finetune.finetune(model, tok, [], **kw)
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_gpt2_path):
+    """Recomputing activations in the backward pass must not change the result (used at 7 B scale)."""
+    from unidetox_core import models
+
+    results = []
+    for setting in (False, True):
+        model, tok = models.load_model(str(tiny_gpt2_path), device="cpu")
+        finetune.finetune(model, tok, ["the news report says", "a small team"], lr=1e-3, batch_size=2, steps=2,
+                          max_length=16, progress=False, gradient_checkpointing=setting)
+        results.append([p.detach().clone() for p in model.parameters()])
+        assert not model.is_gradient_checkpointing
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="gradient_checkpointing='yes'"):
+        finetune.finetune(model, tok, ["a"], lr=1e-3, batch_size=1, steps=1, gradient_checkpointing="yes")

@@ -64,7 +64,7 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
     final = folder / "final"
     if (final / "config.json").exists():
         return final
-    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
+    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", device_map=P["device_map"] or None)
     texts = data.load_toxic_texts(P)
     if P["toxic_max_texts"]:
         texts = texts[: P["toxic_max_texts"]]
@@ -155,7 +155,7 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     paths = {s: folder / f"step-{s}" for s in steps}
     if all((p / "config.json").exists() for p in paths.values()):
         return paths
-    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto")
+    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", device_map=P["device_map"] or None)
     finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                       steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
                       output_dir=folder, progress=progress)

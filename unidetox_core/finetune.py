@@ -151,6 +151,17 @@ def use_bf16(bf16, model) -> bool:
     return native and hidden >= 64
 
 
+def use_gradient_checkpointing(setting, model, device: torch.device) -> bool:
+    """``True``/``False`` as given; ``"auto"``: on CUDA for models over a billion parameters."""
+    if setting in (True, False):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"gradient_checkpointing={setting!r}; use True, False or 'auto'.")
+    if device.type != "cuda" or not getattr(model, "supports_gradient_checkpointing", False):
+        return False
+    return sum(p.numel() for p in model.parameters()) > 1_000_000_000
+
+
 def model_device(model) -> torch.device:
     """Where the model's inputs go (the first shard for a model spread by ``device_map``)."""
     return getattr(model, "device", None) or next(model.parameters()).device
@@ -244,6 +255,7 @@ def finetune(
     prepend_bos: bool = True,
     keep_optimizer: str = "last",
     on_step: Callable[[int, float], None] | None = None,
+    gradient_checkpointing="auto",
 ) -> dict:
     """Fine-tune ``model`` in place on ``texts`` with AdamW (beta1 0.9, beta2 0.999); return the history.
 
@@ -263,6 +275,9 @@ def finetune(
     ``lr_schedule``, ``max_grad_norm`` and ``prepend_bos`` are explained in the module docstring.
     ``keep_optimizer="last"`` keeps the (large: 2x the weights) optimizer state only in the newest
     checkpoint; ``"all"`` keeps it in each. ``on_step(step, loss)`` is called after every step.
+    ``gradient_checkpointing="auto"`` recomputes activations in the backward pass for models of
+    over a billion parameters on a GPU (a 7 B model's activations at batch 8 x 256 tokens would not
+    fit beside its weights and AdamW state otherwise); it is switched off again afterwards.
 
     Returns a dict with ``step``, ``loss`` (mean per-token NLL of each step's batch), ``lr``,
     ``tokens`` (real tokens seen), ``tokens_per_s``, ``wall_time_s``, ``checkpoints``,
@@ -289,6 +304,9 @@ def finetune(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=weight_decay)
     was_training = model.training
+    checkpointing = use_gradient_checkpointing(gradient_checkpointing, model, device)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     devices = [device.index or 0] if device.type == "cuda" else []
     # fork_rng: dropout draws from the global RNG; seed it here without disturbing the caller's.
     with torch.random.fork_rng(devices=devices):
@@ -326,6 +344,8 @@ def finetune(
         finally:
             bar.close()
             model.train(was_training)
+            if checkpointing:  # generation after fine-tuning wants the KV cache back
+                model.gradient_checkpointing_disable()
     return _finish(history)
 
 

@@ -68,6 +68,8 @@ _COMMON: dict[str, Any] = {
     "dexperts_betas": [round(0.1 * i, 1) for i in range(1, 21)],
     "task_arithmetic_lambdas": [round(0.01 * i, 2) for i in range(1, 21)],
     "ppl_rule_factor": 1.1,  # baselines may not exceed 1.1 x UniDetox's highest perplexity
+    # hardware: "" keeps a model on one device; "auto" shards 7 B models over the GPUs (accelerate)
+    "device_map": "",
     # where things go
     "cache_dir": "cache",
     "results_dir": "results/mini",
@@ -87,6 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "second_toxicity_scorer": "profanity_check",
         "bias_scorer": "political_bias_bert",
         "eval_batch_size": 64,
+        "device_map": "auto",
         "results_dir": "results/paper",
     },
     "mini": {
