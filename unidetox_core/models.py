@@ -246,10 +246,11 @@ def load_model(
 
 
 def hub_online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """False when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached within ``timeout`` seconds."""
+    """False when ``HF_HUB_OFFLINE`` or ``UNIDETOX_OFFLINE`` is set, or ``host`` cannot be reached
+    within ``timeout`` seconds (checked before a download would retry for a minute)."""
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "UNIDETOX_OFFLINE")):
         return False
     try:
         socket.create_connection((host, 443), timeout=timeout).close()

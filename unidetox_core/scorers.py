@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .cache import atomic_path
+from .models import hub_online
 
 BIAS_LABELS = ("left", "center", "right")
 TOXICITY_SCORERS = ("detoxify", "profanity_check", "davidson_tfidf")
@@ -136,7 +137,7 @@ class DetoxifyScorer:
         if config_path is not None and not Path(config_path).is_dir():
             raise ScorerUnavailableError(self._how_to_provide(f"huggingface_config_path={str(config_path)!r} is not a folder"))
         needs_checkpoint = checkpoint is None and not self._cached_checkpoint().is_file()
-        if needs_checkpoint and not _online("github.com"):
+        if needs_checkpoint and not hub_online("github.com"):
             raise ScorerUnavailableError(
                 self._how_to_provide(f"the checkpoint is not cached at {self._cached_checkpoint()} and github.com is unreachable")
             )
@@ -221,7 +222,7 @@ class PoliticalBiasBertScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .models import hub_online, pick_device
+        from .models import pick_device
 
         self.batch_size = _check_batch_size(batch_size)
         self.max_length = max_length
@@ -453,15 +454,3 @@ def _load_tfidf(name: str, kwargs: dict) -> TfidfClassifierScorer:
     scorer = TfidfClassifierScorer.load(kwargs["path"])
     scorer.name = name
     return scorer
-
-
-def _online(host: str, timeout: float = 3.0) -> bool:
-    import socket
-
-    if os.environ.get("UNIDETOX_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
