@@ -15,6 +15,12 @@ executed mini chapters are what the book shows and what is committed. Other prof
 A notebook is written only once it has run to the end (an interrupted run leaves it untouched);
 a failed run is kept in ``results/<profile>/failed/`` for reading.
 
+Before anything runs, the runner checks what it can: every ``-p`` name is a profile setting or a
+parameter of a notebook to run (with the type of its default); the models, data sets and scorers
+of the profile are local, cached or reachable (``unidetox_core.preflight``); and the results folder
+holds no results of another configuration (``profile.json``, see ``profiles.check_results_dir``).
+Any problem stops the run with one message naming the parameter or item and the fix.
+
 Caching: a notebook runs again only when its key changed. The key covers the notebook's code and
 Markdown (outputs and papermill's injected cell ignored), its parameters, every source file of
 ``unidetox_core``, and its inputs. Inputs are declared in the notebook's metadata, as paths or
@@ -105,6 +111,85 @@ def profile_values(profile: str, overrides: dict) -> dict:
         return profiles.load_profile(profile, **settings)
     except profiles.ProfileError as error:
         raise SystemExit(f"Bad parameter: {error}") from None
+
+
+def notebook_parameters(root: Path, notebooks: list[str]) -> dict[str, list[tuple[str, str | None]]]:
+    """Each parameter of the notebooks' parameters cells -> [(notebook, default as written), ...]."""
+    import papermill
+
+    declared: dict[str, list[tuple[str, str | None]]] = {}
+    for notebook in notebooks:
+        for name, info in papermill.inspect_notebook(str(root / notebook)).items():
+            declared.setdefault(name, []).append((notebook, info.get("default")))
+    return declared
+
+
+def check_notebook_parameters(root: Path, notebooks: list[str], profile: str, overrides: dict) -> None:
+    """Every ``-p`` name must be a profile setting or a parameter of a notebook that runs, and a notebook
+    parameter must have the type of its default; else stop, naming the parameter and what would work.
+
+    (Profile settings are checked by ``profile_values``.) Without this, papermill would inject an
+    unknown name as an unused variable and the run would go on with the value silently ignored.
+    """
+    import ast
+    import difflib
+
+    settings = profiles.PROFILES.get(profile, {})
+    declared = notebook_parameters(root, notebooks)
+    for name, value in overrides.items():
+        if name in settings or name == "profile":
+            continue
+        if name not in declared:
+            close = difflib.get_close_matches(name, [*declared, *settings], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            own = sorted(set(declared) - {"profile"} - set(settings))
+            raise SystemExit(
+                f"Bad parameter: -p {name} is neither a setting of the {profile!r} profile nor a parameter of "
+                f"the notebooks to run ({', '.join(Path(nb).stem for nb in notebooks) or 'none'}).{hint} Their own "
+                f"parameters: {', '.join(own) or 'none'}; the profile's settings are listed in "
+                "unidetox_core/profiles.py."
+            )
+        for notebook, default in declared[name]:
+            try:
+                example = ast.literal_eval(default) if default is not None else None
+            except (ValueError, SyntaxError):
+                continue  # an expression: nothing to compare with
+            if example is None:
+                continue
+            try:
+                profiles.check_type(name, value, example)
+            except profiles.ProfileError as error:
+                raise SystemExit(f"Bad parameter: {str(error).rstrip('.')} (its default in the parameters cell of "
+                                 f"{notebook}).") from None
+
+
+def check_before_running(root: Path, notebooks: list[str], profile: str, overrides: dict, values: dict,
+                         results_dir: Path, dry_run: bool) -> None:
+    """What can be checked before the first notebook starts: the notebook parameters, the models,
+    data sets and scorers the profile needs (``preflight``), and that the results folder holds no
+    results of another configuration (then it is claimed for this one: ``profile.json``). A dry run
+    prints the problems as warnings; a real run stops with all of them."""
+    from unidetox_core import preflight
+
+    problems = []
+    try:
+        check_notebook_parameters(root, notebooks, profile, overrides)
+    except SystemExit as error:
+        problems.append(str(error.code))
+    missing = preflight.missing_sources(values)
+    if missing:
+        problems.append(preflight.format_problems(missing, profile))
+    try:
+        profiles.check_results_dir(values, results_dir, record=not dry_run and not problems)
+    except profiles.ProfileError as error:
+        problems.append(str(error))
+    if not problems:
+        return
+    if dry_run:
+        for problem in problems:
+            print(f"warning: {problem} (a real run would stop here)", file=sys.stderr)
+        return
+    raise SystemExit("\n".join(problems))
 
 
 def output_path(root: Path, notebook: str, values: dict, output_dir: Path | None) -> Path:
@@ -240,6 +325,8 @@ def run_notebooks(
     keys_path = results_dir / KEYS_FILE
     keys = load_keys(keys_path)
     core = core_digest(root)
+    check_before_running(root, [nb for nb in notebooks if nb in chosen], profile, overrides, values, results_dir,
+                         dry_run)
     if not dry_run:
         ensure_kernel()
 

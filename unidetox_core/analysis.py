@@ -3,11 +3,15 @@
 Sections (each self-contained; add new ones below their own banner):
 
 - gradient alignment -- the first-order claim of Eq. 5 (Section 2.2, Appendix A)
+- words of a text set -- Jaccard of unique words, TF-IDF keywords, leaning shares (Section 3.6, App. C)
+- compute records -- what each cached stage recorded about its own run time (App. B.5, Table 9)
+- paper reports -- the figures of Tables 3, 9, 10 and 11, typed from the paper
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Iterable, Sequence
 
 import torch
 
@@ -130,3 +134,398 @@ def _sequence_logprobs(model, sequences, pad_id) -> list[float]:
 
 
 # ============================================================================ end gradient alignment
+
+
+# =============================================================================================
+# Words of a text set (Section 3.6, Appendix C): Jaccard similarity of unique words (Table 10),
+# top TF-IDF keywords (Table 11) and political-leaning shares (Table 3).
+#
+# The paper does not say how it tokenised. Choices made here, the same for every text set:
+# lowercase; apostrophes dropped inside words (so "don't" -> "dont", as Table 11's "dont", "im",
+# "thats" suggest); every other character that is not a letter or digit separates words. Jaccard
+# uses all words; TF-IDF drops scikit-learn's English stop words and one-character words.
+# =============================================================================================
+
+_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: lowercase runs of letters and digits, apostrophes removed inside words.
+
+    >>> words("Don't stop: U.S. 2013 e-mail!")
+    ['dont', 'stop', 'u', 's', '2013', 'e', 'mail']
+    """
+    return _WORD.findall(_APOSTROPHES.sub("", str(text).lower()))
+
+
+def unique_words(texts: Iterable[str]) -> set[str]:
+    """The set of distinct ``words`` over all ``texts``."""
+    vocabulary: set[str] = set()
+    for text in texts:
+        vocabulary.update(words(text))
+    return vocabulary
+
+
+def jaccard_similarity(texts_a: Iterable[str], texts_b: Iterable[str]) -> float:
+    """Jaccard similarity of the unique words of two text sets (Appendix C.1, Table 10):
+    ``|A & B| / |A | B|``, in [0, 1] (0 when both sets are empty). Multiply by 100 for the paper's %."""
+    a, b = unique_words(texts_a), unique_words(texts_b)
+    union = a | b
+    return len(a & b) / len(union) if union else 0.0
+
+
+def tfidf_keywords(texts: Sequence[str], top: int = 100, stop_words: Iterable[str] | str | None = "english",
+                   min_chars: int = 2):
+    """The ``top`` words of a text set by TF-IDF (Appendix C.2, Table 11), as a DataFrame with
+    ``rank`` (1 = highest), ``word`` and ``score``.
+
+    Each text is a document; TF-IDF is scikit-learn's (raw counts, smoothed IDF, each document's
+    vector L2-normalised), fitted on this set alone, and a word's ``score`` is its mean TF-IDF over
+    the documents. ``stop_words="english"`` removes scikit-learn's list; pass a collection of words
+    for another list, or ``None`` to keep every word. Words shorter than ``min_chars`` are dropped
+    (scikit-learn's default token pattern also ignores one-character tokens). Ties go alphabetically.
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+    if not isinstance(top, int) or top <= 0:
+        raise ValueError(f"top={top!r} must be a positive integer.")
+    if stop_words == "english":
+        stop = frozenset(ENGLISH_STOP_WORDS)
+    elif stop_words is None:
+        stop = frozenset()
+    elif isinstance(stop_words, str):
+        raise ValueError(f"stop_words={stop_words!r}; use 'english', None or a collection of words.")
+    else:
+        stop = frozenset(stop_words)
+    texts = [str(t) for t in texts]
+    empty = pd.DataFrame({"rank": pd.Series(dtype=int), "word": pd.Series(dtype=str), "score": pd.Series(dtype=float)})
+
+    def analyzer(text: str) -> list[str]:
+        return [w for w in words(text) if len(w) >= min_chars and w not in stop]
+
+    if not any(analyzer(t) for t in texts):
+        return empty
+    vectorizer = TfidfVectorizer(analyzer=analyzer)
+    matrix = vectorizer.fit_transform(texts)
+    scores = np.asarray(matrix.mean(axis=0)).ravel()
+    vocabulary = vectorizer.get_feature_names_out()
+    order = sorted(range(len(vocabulary)), key=lambda i: (-scores[i], vocabulary[i]))[:top]
+    return pd.DataFrame({"rank": range(1, len(order) + 1), "word": [str(vocabulary[i]) for i in order],
+                         "score": [float(scores[i]) for i in order]})
+
+
+def leaning_shares(probabilities, labels: Sequence[str] = ("left", "center", "right")) -> dict[str, float]:
+    """Percent of texts whose most probable class is each of ``labels`` (Table 3's Left / Center /
+    Right %), from a bias scorer's ``(n, 3)`` probabilities in ``labels`` order (``scorers.BIAS_LABELS``).
+    Ties go to the first label, as ``argmax`` breaks them."""
+    import numpy as np
+
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(labels):
+        raise ValueError(f"probabilities have shape {probabilities.shape}; expected (n, {len(labels)}) in {tuple(labels)} order.")
+    if len(probabilities) == 0:
+        return {label: float("nan") for label in labels}
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=len(labels))
+    return {label: 100.0 * float(c) / len(probabilities) for label, c in zip(labels, counts)}
+
+
+# ===================================================================================== end words
+
+
+# =============================================================================================
+# Compute records (Appendix B.5, Table 9): what each cached stage wrote about its own run time.
+#
+# Nothing is run or built here; the stages' folders are read where they are. The cache is shared by
+# the profiles, so a folder is counted for a profile only when the model paths it records are that
+# profile's (``profile_model_paths``).
+# =============================================================================================
+
+
+def profile_model_paths(P: dict) -> dict[str, str]:
+    """Each model name of profile ``P`` -> the path or hub id its cached stages record, without
+    building anything: a ``world:`` model's folder under ``<cache_dir>/world``, a hub id unchanged."""
+    from . import world
+
+    names = [P["source_model"], *P["target_models"], P["evaluator_model"]]
+    paths = {}
+    for name in dict.fromkeys(n for n in names if n):
+        if name.startswith("world:"):
+            settings = world.world_settings(P)
+            short = name.split(":", 1)[1]
+            paths[name] = str(world.step_path(settings, short, world.model_config(settings, short)))
+        else:
+            paths[name] = name
+    return paths
+
+
+def _training_history(folder) -> dict | None:
+    """The ``history`` saved in the newest ``step-*/training_state.pt`` under ``folder`` (None if none).
+    Read memory-mapped: the newest state also holds the optimizer, twice the size of the weights."""
+    from pathlib import Path
+
+    steps = []
+    for path in Path(folder).glob("step-*"):
+        suffix = path.name.split("-", 1)[1]
+        if suffix.isdigit() and (path / "training_state.pt").exists():
+            steps.append((int(suffix), path / "training_state.pt"))
+    if not steps:
+        return None
+    step, state_file = max(steps)
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError):  # an old (non-zip) file cannot be memory-mapped
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    history = dict(state["history"])
+    history["last_step"] = step
+    history["settings"] = state.get("settings", {})
+    return history
+
+
+def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_texts: int | None = None):
+    """One row per cached run of profile ``P`` that recorded its time, as a DataFrame:
+
+    - ``toxic model`` (``experiments.toxic_model``): the fine-tuning history of its newest checkpoint.
+      Checkpoints stop short of the last step (``save_steps`` excludes the end), so ``seconds`` is
+      the recorded time per step times the run's total steps, marked ``estimated``; the total is
+      ``toxic_epochs * ceil(n / toxic_batch_size)`` with ``n`` the toxic texts used (``n_toxic_texts``,
+      else counted with ``data.load_toxic_texts``). A ``wall_time_s`` in the stage's ``config.json``
+      is used as recorded when a later version writes one.
+    - ``distillation`` (``experiments.distilled_text``): the JSON metadata's wall time and tokens/s.
+    - ``detox fine-tuning`` (``experiments.detox_checkpoints``): the newest checkpoint's history
+      (one run to the largest step of the grid).
+
+    Only runs made with the profile's present sizes count (texts and lengths for distillation,
+    epochs / batch / lr / lengths for the toxic model, batch and length for fine-tuning): a cache
+    may still hold runs of an earlier setting.
+
+    Columns: ``stage``, ``model`` (the profile's name), ``detail`` (text kind, seed, lr ...),
+    ``seconds``, ``steps``, ``tokens``, ``tokens_per_s``, ``how`` (``recorded`` / ``estimated``),
+    ``folder``. Evaluation and MMLU record no times; the chapters' run times cover them.
+    """
+    import json
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .experiments import slug
+
+    model_paths = profile_model_paths(P) if model_paths is None else model_paths
+    name_of_path = {str(path): name for name, path in model_paths.items()}
+    name_of_slug = {slug(name): name for name in model_paths}
+    cache = Path(P["cache_dir"])
+    rows = []
+
+    # distillation: the profile's texts are those whose base model is one of the profile's models
+    text_dirs = {}
+    for meta_path in sorted(cache.glob("distilled/*/texts.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        folder = meta_path.parent
+        kind = folder.name.rsplit("-", 1)[0]
+        if meta.get("kind") == "clean_news":  # a copy of held-out news; the profile sets its size
+            if meta.get("n") == P["distill_n_texts"] and meta.get("words") == P["distill_max_new_tokens"] * 3 // 4:
+                text_dirs[folder.name] = "clean_news"
+            continue
+        if str(meta.get("base_model")) not in name_of_path:
+            continue
+        if meta.get("n_texts") != P["distill_n_texts"] or meta.get("max_new_tokens") != P["distill_max_new_tokens"]:
+            continue  # made with other sizes (an earlier setting of the profile)
+        text_dirs[folder.name] = kind
+        if meta.get("wall_time_s") is None:
+            continue
+        detail = f"{kind}, seed {meta.get('seed')}"
+        if kind != "samples":
+            detail += f", alpha {meta.get('alpha')}"
+        if meta.get("top_k"):
+            detail += f", top_k {meta.get('top_k')}"
+        rows.append({"stage": "distillation", "model": name_of_path[str(meta["base_model"])], "detail": detail,
+                     "seconds": float(meta["wall_time_s"]), "steps": None,
+                     "tokens": meta.get("generated_tokens"), "tokens_per_s": meta.get("tokens_per_s"),
+                     "how": "recorded", "folder": str(folder)})
+
+    # toxic models
+    for config_path in sorted(cache.glob("toxic/*/config.json")):
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if str(config.get("base")) not in name_of_path:
+            continue
+        if any(config.get(k) != P[f"toxic_{k}"] for k in ("epochs", "batch_size", "lr", "max_length", "max_texts")):
+            continue  # made with other settings
+        folder = config_path.parent
+        row = {"stage": "toxic model", "model": name_of_path[str(config["base"])],
+               "detail": f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('lr')}",
+               "folder": str(folder)}
+        history = _training_history(folder / "checkpoints")
+        if config.get("wall_time_s") is not None:
+            row.update(seconds=float(config["wall_time_s"]), steps=config.get("steps"), tokens=config.get("tokens"),
+                       tokens_per_s=config.get("tokens_per_s"), how="recorded")
+        elif history and history.get("wall_time_s"):
+            if n_toxic_texts is None:
+                from . import data
+
+                n_toxic_texts = len(data.load_toxic_texts(P))
+            n = min(n_toxic_texts, config["max_texts"]) if config.get("max_texts") else n_toxic_texts
+            total = int(config["epochs"]) * math.ceil(n / int(config["batch_size"]))
+            per_step = history["wall_time_s"] / history["last_step"]
+            rate = history["tokens"] / history["wall_time_s"]
+            row.update(seconds=per_step * total, steps=total, tokens=history["tokens"] / history["last_step"] * total,
+                       tokens_per_s=rate, how=f"estimated from step {history['last_step']} of {total}")
+        else:
+            continue
+        rows.append(row)
+
+    # detox fine-tuning: folders named <model slug>-<text folder>-<key>
+    for folder in sorted(p for p in cache.glob("detox/*") if p.is_dir()):
+        match = next((name for name in text_dirs if f"-{name}-" in folder.name), None)
+        if match is None:
+            continue
+        model_slug = folder.name.split(f"-{match}-")[0]
+        history = _training_history(folder)
+        if not history or not history.get("wall_time_s"):
+            continue
+        settings = history["settings"]
+        if settings.get("batch_size") != P["detox_batch_size"] or settings.get("max_length") != P["detox_max_length"]:
+            continue  # made with other settings
+        lr = settings.get("lr")
+        rows.append({"stage": "detox fine-tuning", "model": name_of_slug.get(model_slug, model_slug),
+                     "detail": f"{text_dirs[match]} text, lr {lr:g}" if lr is not None else f"{text_dirs[match]} text",
+                     "seconds": float(history["wall_time_s"]), "steps": history["last_step"],
+                     "tokens": history.get("tokens"),
+                     "tokens_per_s": history["tokens"] / history["wall_time_s"] if history.get("tokens") else None,
+                     "how": "recorded", "folder": str(folder)})
+
+    columns = ["stage", "model", "detail", "seconds", "steps", "tokens", "tokens_per_s", "how", "folder"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def world_times(P: dict):
+    """The build time of each step of the profile's miniature world, read from the records each step
+    wrote (``world.json`` / the classifiers' ``.json``), as a DataFrame with ``step``, ``seconds``,
+    ``tokens_per_s`` (model training only) and ``what``. Steps not built yet are left out; an
+    empty frame for a profile without a world (``paper``).
+
+    Unlike ``results/<profile>/world/build_times.csv``, which times the *last* ``build_world`` call
+    (near zero for the steps it found in the cache), these are the times of the runs that made them.
+    """
+    import json
+
+    import pandas as pd
+
+    from . import world
+    from .cache import config_key
+
+    columns = ["step", "seconds", "tokens_per_s", "what"]
+    if P.get("profile") not in world.WORLD_SETTINGS:
+        return pd.DataFrame(columns=columns)
+    settings = world.world_settings(P)
+    rows = []
+
+    def record(step, path, what, seconds_key="seconds"):
+        if not path.exists():
+            return
+        info = json.loads(path.read_text())
+        if info.get(seconds_key) is None:
+            return
+        rows.append({"step": step, "seconds": float(info[seconds_key]), "what": what,
+                     "tokens_per_s": info.get("tokens_per_s") if seconds_key == "train_seconds" else None})
+
+    record("corpus", world.step_path(settings, "corpus", world.corpus_config(settings)) / "world.json",
+           "select news and tweet documents")
+    for kind in ("bpe", "unigram"):
+        record(f"tokenizer-{kind}", world.step_path(settings, f"tokenizer-{kind}", world.tokenizer_config(settings, kind))
+               / "world.json", f"train the {kind} tokenizer")
+    record("stream", world.step_path(settings, "stream", world.stream_config(settings)) / "world.json",
+           "choose the training stream (tweet token share)")
+    for kind in ("bpe", "unigram"):
+        record(f"blocks-{kind}", world.step_path(settings, f"blocks-{kind}", world.blocks_config(settings, kind))
+               / "world.json", f"pack {kind} training blocks")
+    for name in settings["models"]:
+        record(name, world.step_path(settings, name, world.model_config(settings, name)) / "world.json",
+               "pre-train from scratch", seconds_key="train_seconds")
+    for name in ("davidson_tfidf", "allsides_tfidf", "allsides_tfidf_media"):
+        record(name, world.step_path(settings, name, world.classifier_config(settings, name), ".joblib").with_suffix(".json"),
+               "fit TF-IDF + logistic regression")
+    source = world.step_path(settings, "gpt2-bpe", world.model_config(settings, "gpt2-bpe"))
+    record("source_check", source / f"source_check-{config_key(world.check_config(settings, P))}.json",
+           "validation TP and BOS samples of the source model")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def notebook_times(P: dict):
+    """Each chapter's last run time on profile ``P`` (``tools/run_notebooks.py`` records them in
+    ``<results_dir>/.notebook_keys.json``): ``notebook``, ``seconds``, ``finished``; empty if none ran."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(P["results_dir"]) / ".notebook_keys.json"
+    columns = ["notebook", "seconds", "finished"]
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    keys = json.loads(path.read_text(encoding="utf-8"))
+    rows = [{"notebook": nb, "seconds": rec.get("seconds"), "finished": rec.get("finished")} for nb, rec in keys.items()]
+    return pd.DataFrame(rows, columns=columns).sort_values("notebook", ignore_index=True)
+
+
+# ================================================================================ end compute records
+
+
+# =============================================================================================
+# Paper reports: the figures of the analysis tables, typed from Lu et al. (ICLR 2025). Never mixed
+# with this project's results; the chapters label them "paper reports".
+# =============================================================================================
+
+# Table 3: Detoxify score of the distilled text (mean, std over 5 distillation seeds of 640 texts)
+# and PoliticalBiasBERT's leaning shares (%), GPT-2 XL.
+PAPER_TABLE3 = (
+    {"text": "Samples GPT-2 XL", "detoxify_mean": 0.008, "detoxify_std": 0.002, "left": 50.81, "right": 23.31, "center": 25.88},
+    {"text": "UniDetox GPT-2 XL", "detoxify_mean": 0.003, "detoxify_std": 0.001, "left": 44.56, "right": 30.19, "center": 25.25},
+)
+
+# Table 10: Jaccard similarity (%) of unique words with the DGHS toxic corpus.
+PAPER_TABLE10 = (
+    {"text": "UniDetox GPT-2 XL", "vs": "DGHS", "jaccard_percent": 22.71},
+    {"text": "Samples GPT-2 XL", "vs": "DGHS", "jaccard_percent": 26.35},
+)
+
+# Table 9 (App. B.5): GPU hours on one A100 80GB, toxic-model fine-tuning and (detox) fine-tuning.
+# UniDetox's toxic model is GPT-2 XL's (~150 min); its fine-tuning is 50 min of tuning on GPT-2 XL
+# (10,000 steps) plus 3,000 steps on each of OPT-6.7B, Falcon-7B and LLaMA2-7B. DExperts and Task
+# Arithmetic fine-tune all four models on toxic data; LM-Steer learns one module per model.
+PAPER_TABLE9 = (
+    {"method": "UniDetox", "toxic_model_fine_tuning_h": 2.5, "fine_tuning_h": 1.9},
+    {"method": "LM-Steer", "toxic_model_fine_tuning_h": 2.7, "fine_tuning_h": None},
+    {"method": "DExperts", "toxic_model_fine_tuning_h": 23.5, "fine_tuning_h": None},
+    {"method": "Task Arithmetic", "toxic_model_fine_tuning_h": 23.5, "fine_tuning_h": None},
+)
+
+# Table 11: top-100 TF-IDF keywords, in the paper's order (line-break hyphens removed).
+PAPER_TABLE11 = {
+    "UniDetox GPT-2 XL": (
+        "mr said new ms one would game first also us two time last trump apple told people digital season make get "
+        "president police blog says well like know may going year could monday years campaign state including team "
+        "work eight romney city according bitcoin proposal made way story want take games use many information obama "
+        "clinton world interview dont million part wednesday players think back since news second house week please "
+        "2013 three senate added york see states public series need windows government right whether adding post "
+        "book say something really lot got declined next great united former still afternoon"
+    ).split(),
+    "Samples GPT-2 XL": (
+        "said new one people us would first time also like get game two make police world state years many year last "
+        "could know see dont trump government think even im use going way good man want may president work well take "
+        "much really states need made say city since best still great lot day team help go part according information "
+        "united told found back thats women says week things look house games group home three next show national "
+        "american number youre right around something season little health federal department thing play law find "
+        "video used public country ive million report"
+    ).split(),
+}
+
+# ================================================================================== end paper reports

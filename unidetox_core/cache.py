@@ -9,9 +9,12 @@ half-written file that a later run would read as complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,32 +35,113 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class DiskFullError(OSError):
+    """No space left while writing ``path``; nothing was written there (``errno`` is ``ENOSPC``)."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     Works for files and folders (e.g. a ``save_pretrained`` checkpoint). On any error, including
-    ``KeyboardInterrupt`` and a full disk, the temporary is removed and ``path`` is untouched.
+    ``KeyboardInterrupt`` and a full disk, the temporary is removed and ``path`` is untouched; a
+    full disk is raised as :class:`DiskFullError`, which names ``path`` and the fix. A process
+    killed outright (``kill -9``, power loss) cannot clean up: its temporary, named after the host
+    and process id, is removed by the next write of the same ``path`` once that process is gone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    owner = f"{_HOST}-{os.getpid()}"  # at call time: a forked child is another owner
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{owner}-", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and target.is_dir():
             _remove(path)
         os.replace(target, path)
+    except BaseException as err:
+        if isinstance(err, Exception) and _disk_full(err, path.parent):
+            _remove(tmp)
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"No space left on device while writing {path}; nothing was written there and the partial "
+                "temporary was removed. Free space on that disk, or point cache_dir / results_dir (or "
+                "UNIDETOX_DATA_DIR) at a disk with room, then rerun: finished steps are kept.",
+            ) from err
+        raise
     finally:
         _remove(tmp)
 
 
-def _remove(path: Path) -> None:
-    import shutil
+# The temporaries of one process: ``.<name>.<host>-<pid>-<random>.tmp`` beside the target.
+_HOST = socket.gethostname().split(".")[0][:32] or "host"
 
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed processes of this host; return them.
+
+    Only temporaries whose process no longer exists are removed, so a concurrent writer of the same
+    path (another notebook, another engineer) keeps its own.
+    """
+    path = Path(path)
+    removed = []
+    prefix = _temporary_prefix(path)
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        owner = candidate.name[len(prefix):-len(".tmp")]
+        parts = owner.rsplit("-", 2)  # host-pid-random (mkdtemp's random part has no "-")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+            continue
+        if not _process_alive(int(parts[1])):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (or what caused it) is a full disk: ``ENOSPC``/``EDQUOT``, or a library's
+    wrapped message for it (safetensors' ``StorageFull``, torch's "file write failed" on a full disk)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        text = str(err)
+        if "No space left on device" in text or "StorageFull" in text:
+            return True
+        if "file write failed" in text:  # torch.save's PytorchStreamWriter hides the errno
+            try:
+                return shutil.disk_usage(folder).free < (64 << 20)
+            except OSError:
+                return False
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
+    elif path.exists() or path.is_symlink():
         path.unlink()
 
 

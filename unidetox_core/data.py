@@ -13,6 +13,7 @@ All loaders return pandas frames with plain column names.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import html
@@ -510,14 +511,39 @@ def split_toxigen_annotated(train: pd.DataFrame, test: pd.DataFrame, seed: int =
 
 
 def _hub(call, what: str):
+    from .models import hub_online
+
+    # Without a network, read only the local caches: otherwise each file is retried for ~25 s first.
+    offline = not hub_online()
     try:
-        return call()
+        with _datasets_offline(offline):
+            return call()
     except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...
+        why = "the hub is unreachable and it is not in the local cache; " if offline else ""
         raise DataUnavailableError(
-            f"{what} could not be loaded from the hub ({err.__class__.__name__}: {str(err)[:200]}). Run the paper "
-            "profile where the hub is reachable, or set HF_DATASETS_CACHE to a cache that holds it, or use the "
-            "mini profile (data_source='mirror')."
+            f"{what} could not be loaded from the hub ({why}{err.__class__.__name__}: {str(err)[:200]}). Run the "
+            "paper profile where the hub is reachable, or copy a Hugging Face cache that holds it from such a "
+            "machine and set HF_HOME (or HF_DATASETS_CACHE) to it, or use the mini profile (data_source='mirror', "
+            f"files from the mirror in {MIRROR_ENV})."
         ) from err
+
+
+@contextlib.contextmanager
+def _datasets_offline(offline: bool):
+    """``datasets`` and ``huggingface_hub`` read ``HF_HUB_OFFLINE`` once, at import: switch both to
+    their offline (cache-only) mode for one call when the hub cannot be reached."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
 def load_dghs_hub() -> pd.DataFrame:

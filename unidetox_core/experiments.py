@@ -102,6 +102,10 @@ def distilled_text(P: dict, kind: str = "unidetox", *, alpha: float | None = Non
         raise ValueError(f"kind={kind!r}; use one of {TEXT_KINDS}.")
     alpha = P["distill_alpha"] if alpha is None else alpha
     top_k = P["distill_top_k"] if top_k is None else top_k
+    # Before the toxic model is trained: a bad alpha must not cost a fine-tuning run first.
+    distill.check_decoding_args(n_texts=P["distill_n_texts"], max_new_tokens=P["distill_max_new_tokens"],
+                                batch_size=P["distill_batch_size"], temperature=P["distill_temperature"],
+                                top_k=top_k, seed=seed, alpha=alpha if kind != "samples" else 0.0)
     base = resolve_model(P, P["source_model"])
     toxic = toxic_model(P, P["source_model"], progress=progress) if kind == "unidetox" else None
     config = dict(kind=kind, base=base, toxic=str(toxic), alpha=alpha if kind != "samples" else 0.0, seed=seed,
@@ -138,7 +142,7 @@ def clean_text(P: dict, seed: int = 0) -> Path:
 
 
 def read_texts(path: str | Path) -> list[str]:
-    return pd.read_csv(path, keep_default_na=False)["Text"].astype(str).tolist()
+    return pd.read_csv(path, keep_default_na=False, lineterminator="\n")["Text"].astype(str).tolist()
 
 
 # ------------------------------------------------------------------------------- detox fine-tuning
@@ -147,6 +151,8 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     ``P['detox_batch_size']``); one run to the largest step of ``P['detox_steps']``, saving each."""
     from . import finetune, models
 
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr={lr!r} must be a positive number (the paper uses 5e-5 and 1e-5; see P['detox_lrs']).")
     base = resolve_model(P, name)
     steps = sorted(P["detox_steps"])
     config = dict(base=base, texts=str(text_csv), lr=lr, batch_size=P["detox_batch_size"],
@@ -236,6 +242,27 @@ def eval_prompts(P: dict, split: str) -> pd.DataFrame:
     return data.load_eval_prompts(P, split=split)
 
 
+def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
+                       prompts: pd.DataFrame | None = None) -> Path:
+    """Where ``evaluate`` keeps the scored continuations of one variant, split and seed (the cache key
+    covers everything that determines them)."""
+    prompts = eval_prompts(P, split) if prompts is None else prompts
+    config = dict(spec=spec, split=split, seed=seed, prompts=config_key({"t": prompts["text"].tolist()}),
+                  n=P["eval_n_continuations"], length=P["eval_max_new_tokens"], top_p=P["eval_top_p"],
+                  scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
+    return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
+
+
+def continuations(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """The scored continuations behind ``evaluate(P, spec, split, seed)`` (one row per continuation:
+    ``prompt_id``, ``prompt``, ``continuation``, ``domain``, ``score``, ``score2``, ``ppl``, ...);
+    evaluates first if they are not cached yet."""
+    path = continuations_path(P, spec, split, seed)
+    if not path.exists():
+        evaluate(P, spec, split, seed, progress=progress)
+    return pd.read_csv(path, keep_default_na=False, lineterminator="\n")
+
+
 def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: bool = True) -> dict:
     """Evaluate one variant on one split and seed (Section 3.3); return its summary row.
 
@@ -246,14 +273,16 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
     """
     from . import generate, metrics
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0 (the profile's seeds: {P['seeds']}).")
     prompts = eval_prompts(P, split)
-    config = dict(spec=spec, split=split, seed=seed, prompts=config_key({"t": prompts["text"].tolist()}),
-                  n=P["eval_n_continuations"], length=P["eval_max_new_tokens"], top_p=P["eval_top_p"],
-                  scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
-    folder = _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config)
-    table = folder / "continuations.csv"
+    if prompts.empty:  # before any model is loaded
+        raise ValueError(f"split={split!r} selects no evaluation prompts of {P['eval_prompts']!r}; use 'val' or "
+                         f"'test' (and n_{split}_prompts >= 0).")
+    table = continuations_path(P, spec, split, seed, prompts)
     if table.exists():
-        frame = pd.read_csv(table, keep_default_na=False)
+        # "\n" only: to_csv leaves a lone "\r" (which a small model may generate) unquoted.
+        frame = pd.read_csv(table, keep_default_na=False, lineterminator="\n")
     else:
         with build_variant(P, spec) as (model, tokenizer, kwargs):
             frame = generate.generate_continuations(
@@ -285,7 +314,8 @@ def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -
                 row[f"TP{tag}_{domain}"] = table.loc[domain, "TP"]
                 row[f"EMT{tag}_{domain}"] = table.loc[domain, "EMT"]
         row[f"mean_score{tag}"] = float(frame[column].mean())
-    ppl = frame["ppl"].astype(float)
+    # An empty continuation has no perplexity: NaN, which the cached CSV holds as "" (read back as text).
+    ppl = pd.to_numeric(frame["ppl"], errors="coerce").astype(float)
     kept = ppl[ppl < P["ppl_drop_threshold"]]
     row.update(PPL=float(kept.mean()) if len(kept) else float("nan"), ppl_dropped=int((~ppl.isin(kept)).sum()))
     row.update(metrics.diversity(frame))
@@ -313,4 +343,197 @@ def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ LM-Steer's matrix
+def steering_matrix(P: dict, name: str, progress: bool = True) -> Path:
+    """LM-Steer's steering matrix ``W`` for model ``name`` (a safetensors file), learned once on the
+    profile's toxic corpus -- the same texts as ``toxic_model`` -- and reused by every evaluation.
+
+    The recipe of App. B.3 from the profile: Adam, lr ``lmsteer_lr`` (1e-2), batch ``lmsteer_batch_size``
+    (32), ``lmsteer_epochs`` (3) epochs, or ``lmsteer_steps`` optimizer steps when that is > 0 (a
+    shorter run for small profiles), ``epsilon = lmsteer_epsilon`` (1e-3) while learning, ``W`` drawn
+    from N(0, 1e-3), every model weight frozen (``baselines.train_lm_steer``).
+    """
+    from . import baselines, data, models
+
+    base = resolve_model(P, name)
+    config = dict(base=base, corpus=P["toxic_corpus"], max_texts=P["toxic_max_texts"], max_length=P["toxic_max_length"],
+                  epsilon=P["lmsteer_epsilon"], lr=P["lmsteer_lr"], batch_size=P["lmsteer_batch_size"],
+                  epochs=P["lmsteer_epochs"], steps=P["lmsteer_steps"], seed=TOXIC_SEED)
+    out = _stage_dir(P, "lmsteer", name, config) / "steering.safetensors"
+    if out.exists():
+        return out
+    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
+    texts = data.load_toxic_texts(P)
+    if P["toxic_max_texts"]:
+        texts = texts[: P["toxic_max_texts"]]
+    length = dict(steps=P["lmsteer_steps"]) if P["lmsteer_steps"] > 0 else dict(epochs=P["lmsteer_epochs"])
+    W = baselines.train_lm_steer(model, tokenizer, texts, epsilon=P["lmsteer_epsilon"], lr=P["lmsteer_lr"],
+                                 batch_size=P["lmsteer_batch_size"], max_length=P["toxic_max_length"],
+                                 seed=TOXIC_SEED, bf16="auto", progress=progress, **length)
+    baselines.save_steering_matrix(W, out, **config)
+    write_json_atomic(out.with_suffix(".json"), config)
+    return out
+
+
+# ------------------------------------------------------------------- methods by their results names
+def method_variant(P: dict, method: str, model: str, value: Any = None, lr: float | None = None,
+                   progress: bool = True) -> dict:
+    """The variant of ``method`` (a name of the results tables: ``baselines.BASE``, ``UNIDETOX``,
+    ``SAMPLES``, ``PREPROMPT_SHORT``/``_LONG``, ``LMSTEER``, ``DEXPERTS``, ``TASK_ARITHMETIC``) on
+    profile model ``model`` at grid value ``value`` (steps for UniDetox / Samples, with ``lr``; the
+    epsilon multiplier, beta or lambda otherwise). Builds (or reuses) what it needs: the distilled
+    text and its fine-tuning checkpoints, the model's toxic version, LM-Steer's matrix.
+
+    So one row of ``selected.csv`` (chapter 5) gives its variant:
+    ``method_variant(P, row.method, row.model, row.value, row.lr)``.
+    """
+    from . import baselines as B
+
+    if method == B.BASE:
+        return variant("base", model, resolve_model(P, model))
+    if method in (B.UNIDETOX, B.SAMPLES):
+        if value is None or lr is None or pd.isna(value) or pd.isna(lr):
+            raise ValueError(f"{method} needs value= (fine-tuning steps) and lr=; got value={value!r}, lr={lr!r}.")
+        steps = int(value)
+        checkpoints = detox_checkpoints(P, model, distilled_text(P, method, progress=progress), float(lr),
+                                        progress=progress)
+        if steps not in checkpoints:
+            raise ValueError(f"{method}: {steps} steps is not on the profile's step grid {sorted(checkpoints)}.")
+        return variant(method, model, checkpoints[steps], "steps", steps, lr=float(lr))
+    if method in (B.PREPROMPT_SHORT, B.PREPROMPT_LONG):
+        return variant("preprompt", model, resolve_model(P, model), "preprompt", method.split("_")[-1])
+    if method not in B.PER_MODEL_METHODS:
+        raise ValueError(f"method={method!r} is unknown; use one of {[B.BASE, B.UNIDETOX, B.SAMPLES, B.PREPROMPT_SHORT, B.PREPROMPT_LONG, *B.PER_MODEL_METHODS]}.")
+    if value is None or pd.isna(value):
+        raise ValueError(f"{method} needs value= (its {B.PER_MODEL_METHODS[method][0]}).")
+    hparam, value = B.PER_MODEL_METHODS[method][0], float(value)
+    base = resolve_model(P, model)
+    if method == B.LMSTEER:
+        return variant("lm_steer", model, base, hparam, value, steering=str(steering_matrix(P, model, progress=progress)))
+    toxic = str(toxic_model(P, model, progress=progress))
+    return variant(method, model, base, hparam, value, toxic=toxic)
+
+
+def evaluate_method(P: dict, method: str, model: str, value: Any = None, lr: float | None = None, *,
+                    split: str = "val", seed: int = 0, progress: bool = False) -> dict:
+    """``evaluate`` one ``method_variant``; the row is named as the results tables name it.
+
+    ``method`` is the results name (``preprompt_short``, ``lmsteer``, ...); ``hparam`` is ``steps``
+    (UniDetox, Samples), ``epsilon_multiplier``, ``beta`` or ``lambda``, and empty with ``value``
+    NaN for the methods without a grid (``base``, the pre-prompts); ``lr`` is NaN except for UniDetox
+    and Samples. ``TP`` and ``EMT`` repeat ``TP_all`` and ``EMT_all`` (the average over all
+    domains that the tuning rule of ``baselines`` reads).
+    """
+    from . import baselines as B
+
+    spec = method_variant(P, method, model, value, lr, progress=progress)
+    row = evaluate(P, spec, split, seed, progress=progress)
+    grid = method in (B.UNIDETOX, B.SAMPLES) or method in B.PER_MODEL_METHODS
+    row.update(method=method, hparam=spec["hparam"] if grid else "", value=spec["value"] if grid else np.nan,
+               lr=spec.get("lr", np.nan) if method in (B.UNIDETOX, B.SAMPLES) else np.nan)
+    row["TP"], row["EMT"] = row.get("TP_all", np.nan), row.get("EMT_all", np.nan)
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
+
+
+# ------------------------------------------------------------ the tuned variants (chapters 6 and 7)
+def tuned_settings(P: dict, selected: pd.DataFrame, model: str) -> pd.DataFrame:
+    """What the results chapters report on ``model``: one row per variant, in the paper's row order
+    (Tables 1-2): the base model, PrePrompt Short and Long, Samples and UniDetox at each learning rate,
+    LM-Steer, DExperts and Task Arithmetic at their tuned values.
+
+    ``selected`` is chapter 5's ``selected.csv`` (``method``, ``model``, ``hparam``, ``value``, ``lr``,
+    ``meets_ppl_rule``). UniDetox's and Samples' settings are the ones chosen on the **source** model
+    (``P['source_model']``), reused unchanged on every model (Section 3.4); the other baselines use
+    ``model``'s own rows. A per-model baseline without a row for ``model`` is left out with a warning.
+    Columns: ``method``, ``model``, ``hparam``, ``value``, ``lr``, ``meets_ppl_rule``, ``label``.
+    """
+    import warnings
+
+    from . import baselines as B
+    from .paper_tables import row_label
+
+    missing = [c for c in ("method", "model", "value") if c not in selected.columns]
+    if missing:
+        raise ValueError(f"selected lacks column(s) {missing}; expected chapter 5's selected.csv "
+                         "(method, model, hparam, value, lr, meets_ppl_rule).")
+    table = selected.copy()
+    for column, default in (("lr", np.nan), ("hparam", ""), ("meets_ppl_rule", np.nan)):
+        if column not in table.columns:
+            table[column] = default
+    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    table["lr"] = pd.to_numeric(table["lr"], errors="coerce")
+
+    def fixed(method: str) -> dict:
+        return dict(method=method, hparam="", value=np.nan, lr=np.nan, meets_ppl_rule=np.nan)
+
+    def chosen(method: str, on: str) -> list[dict]:
+        rows = table[(table["method"] == method) & (table["model"] == on)]
+        if method in (B.UNIDETOX, B.SAMPLES):
+            rows = rows.drop_duplicates("lr").sort_values("lr", ascending=False)
+        elif len(rows) > 1:
+            raise ValueError(f"selected has {len(rows)} rows for {method} on {on}; expected one.")
+        return [dict(method=method, hparam=r["hparam"], value=r["value"], lr=r["lr"],
+                     meets_ppl_rule=r["meets_ppl_rule"]) for _, r in rows.iterrows()]
+
+    source = P["source_model"]
+    out = [fixed(B.BASE), fixed(B.PREPROMPT_SHORT), fixed(B.PREPROMPT_LONG)]
+    for method in (B.SAMPLES, B.LMSTEER, B.DEXPERTS, B.TASK_ARITHMETIC, B.UNIDETOX):
+        rows = chosen(method, source if method in (B.UNIDETOX, B.SAMPLES) else model)
+        if not rows:
+            warnings.warn(f"selected.csv has no {method} setting for {source if method in (B.UNIDETOX, B.SAMPLES) else model}; "
+                          f"{method} is left out of {model}'s results.", stacklevel=2)
+        out.extend(rows)
+    frame = pd.DataFrame(out)
+    frame.insert(1, "model", model)
+    frame["label"] = [row_label(m, lr) for m, lr in zip(frame["method"], frame["lr"])]
+    return frame.reset_index(drop=True)
+
+
+def tuned_variants(P: dict, selected: pd.DataFrame, model: str, progress: bool = False) -> list[dict]:
+    """The variant specs (``variant``) of ``tuned_settings(P, selected, model)``, in the same order:
+    building them builds (or reuses) the Samples/UniDetox checkpoints of ``model``, its toxic version
+    and its LM-Steer matrix."""
+    settings = tuned_settings(P, selected, model)
+    return [method_variant(P, r.method, model, r.value, r.lr, progress=progress) for r in settings.itertuples()]
+
+
+def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seeds=None,
+                      progress: bool = True) -> pd.DataFrame:
+    """``evaluate_method`` for every row of ``settings`` (``tuned_settings``) and seed (default
+    ``P['seeds']``), with one progress bar over all of them; cached evaluations are read back at
+    once. One row per (variant, seed) with ``label`` and ``meets_ppl_rule`` from ``settings``."""
+    from tqdm.auto import tqdm
+
+    seeds = list(P["seeds"] if seeds is None else seeds)
+    rows = []
+    with tqdm(total=len(settings) * len(seeds), desc=f"evaluate ({split})", disable=not progress, leave=False) as bar:
+        for r in settings.itertuples():
+            for seed in seeds:
+                bar.set_postfix_str(f"{r.model.split(':')[-1]} {r.label} seed {seed}", refresh=False)
+                row = evaluate_method(P, r.method, r.model, r.value, r.lr, split=split, seed=seed)
+                rows.append({**row, "label": r.label, "meets_ppl_rule": r.meets_ppl_rule})
+                bar.update(1)
+    return pd.DataFrame(rows)
+
+
+MMLU_NOT_APPLIED = ("preprompt_short", "preprompt_long", "dexperts")
+"""Methods that act through the prompt or the decoding step, which ``mmlu`` does not apply (it scores
+the variant's model as it is): their MMLU accuracy would be the base model's, so it is not reported."""
+
+
+def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``; NaN for the methods
+    of ``MMLU_NOT_APPLIED``. Columns ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for r in tqdm(list(settings.itertuples()), desc="MMLU", disable=not progress, leave=False):
+        result = {"acc_normalized": np.nan, "acc_unnormalized": np.nan}
+        if r.method not in MMLU_NOT_APPLIED:
+            result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
+        rows.append({"model": r.model, "label": r.label, "MMLU": 100 * result["acc_normalized"],
+                     "MMLU_unnormalized": 100 * result["acc_unnormalized"]})
     return pd.DataFrame(rows)

@@ -64,6 +64,10 @@ _COMMON: dict[str, Any] = {
     "mmlu_max_questions": 0,  # 0 = all 14,042
     # baselines (App. B.3)
     "lmsteer_epsilon": 1e-3,
+    "lmsteer_lr": 1e-2,  # learning W: Adam, lr 1e-2, batch 32, 3 epochs on the toxic corpus
+    "lmsteer_batch_size": 32,
+    "lmsteer_epochs": 3,
+    "lmsteer_steps": 0,  # > 0: this many optimizer steps instead of lmsteer_epochs (small profiles)
     "lmsteer_multipliers": [round(-0.1 * i, 1) for i in range(1, 21)],
     "dexperts_betas": [round(0.1 * i, 1) for i in range(1, 21)],
     "task_arithmetic_lambdas": [round(0.01 * i, 2) for i in range(1, 21)],
@@ -164,6 +168,7 @@ def load_profile(name: str | None = None, **overrides: Any) -> dict[str, Any]:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ProfileError(f"parameter {key!r} is not a setting of the {name!r} profile.{hint}")
         values[key] = check_type(key, value, values[key])
+    check_values(values, keys=overrides)
     values["profile"] = name
     return values
 
@@ -193,6 +198,42 @@ def check_type(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+# What a setting may be, beyond its type: (test, what would work). Checked for every override, so a
+# bad papermill parameter fails before the first model is loaded, not after the toxic model trained.
+_POSITIVE = "must be a positive integer"
+_RULES: dict[str, tuple[Any, str]] = {
+    **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_COMMON[k]})") for k in (
+        "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
+        "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
+        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs")},
+    **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
+        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
+        "lmsteer_steps")},
+    **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_COMMON[k]})")
+       for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},
+    "distill_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1] (Eq. 3; the paper uses 0.1)"),
+    "eval_top_p": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1] (the paper samples with 0.9)"),
+    "seeds": (lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
+              "must be a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2])"),
+    "detox_steps": (lambda v: len(v) > 0 and all(s > 0 for s in v),
+                    "must be a non-empty list of positive step counts (e.g. [100, 200])"),
+    "detox_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
+    "data_source": (lambda v: v in ("hub", "mirror"), "must be 'hub' (paper) or 'mirror' (offline)"),
+    "toxic_corpus": (lambda v: v in ("dghs", "davidson"), "must be 'dghs' (hub) or 'davidson' (offline)"),
+    "eval_prompts": (lambda v: v in ("toxigen_annotated", "toxigen_seed"),
+                     "must be 'toxigen_annotated' (hub) or 'toxigen_seed' (offline)"),
+}
+
+
+def check_values(values: dict[str, Any], keys=None) -> None:
+    """Raise a ``ProfileError`` naming the first setting (of ``keys``, default all) out of its range."""
+    for key in values if keys is None else keys:
+        if key in _RULES and key in values:
+            test, rule = _RULES[key]
+            if not test(values[key]):
+                raise ProfileError(f"parameter {key!r} {rule}; got {values[key]!r}.")
+
+
 def profile_diff(values: dict[str, Any]) -> dict[str, Any]:
     """The settings of ``values`` that differ from its profile's defaults (what a results table records)."""
     base = PROFILES[values["profile"]]
@@ -214,4 +255,85 @@ def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> dict[str, Any
         path = Path(values[key])
         values[key] = str(path if path.is_absolute() else root / path)
     Path(values["results_dir"]).mkdir(parents=True, exist_ok=True)
+    check_results_dir(values)
     return values
+
+
+# ------------------------------------------------------------------- one configuration per folder
+RESULTS_RECORD = "profile.json"
+# Where things go and on which hardware: they do not change what a results table holds.
+_NOT_RECORDED = ("cache_dir", "results_dir", "device_map")
+
+
+def results_record(values: dict[str, Any]) -> dict[str, Any]:
+    """What ``profile.json`` of a results folder records: the profile, the settings that differ
+    from its defaults (``overrides``), and every setting's value when it was written."""
+    kept = {k: v for k, v in values.items() if k not in _NOT_RECORDED and k != "profile"}
+    overrides = {k: v for k, v in profile_diff(values).items() if k not in _NOT_RECORDED}
+    return {"profile": values["profile"], "overrides": overrides, "settings": kept}
+
+
+def check_results_dir(values: dict[str, Any], results_dir=None, record: bool = True):
+    """Refuse to mix results of two configurations in one folder; record this one (``profile.json``).
+
+    A results folder belongs to the profile and overrides that first wrote ``profile.json`` there. A
+    run of the same profile with the same overrides may write again -- also after a profile's
+    defaults changed in the code, which reruns the chapters anyway (the record is then updated). A
+    run with another profile or other overrides stops with the settings that differ and the fix:
+    another ``results_dir``. A folder without ``profile.json`` is claimed. Returns the record's path.
+    """
+    import json
+    from pathlib import Path
+
+    from .cache import write_json_atomic
+
+    folder = Path(results_dir if results_dir is not None else values["results_dir"])
+    path = folder / RESULTS_RECORD
+    new = json.loads(json.dumps(results_record(values), default=str))
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            old_profile, old_overrides = old["profile"], dict(old["overrides"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ProfileError(f"{path} is unreadable ({err.__class__.__name__}); it records which configuration "
+                               "produced the results beside it. Restore it from git, or delete the folder's "
+                               "results and the file to start over.") from None
+        differences = _record_differences(old_profile, old_overrides, new)
+        if differences:
+            suggestion = folder.with_name(f"{folder.name}-{_slug(new, with_profile=old_profile != new['profile'])}")
+            raise ProfileError(
+                f"results_dir={str(folder)!r} holds results of another configuration ({path} records profile "
+                f"{old_profile!r} with {_describe(old_overrides)}); this run differs in {'; '.join(differences)}. "
+                f"Write these results elsewhere: pass results_dir={str(suggestion)!r} (papermill: -p results_dir "
+                f"{suggestion}), or delete {folder} to start that folder over."
+            )
+        if old == new:
+            return path
+    if record:
+        write_json_atomic(path, new)
+    return path
+
+
+def _record_differences(old_profile: str, old_overrides: dict, new: dict) -> list[str]:
+    if old_profile != new["profile"]:
+        return [f"profile: {old_profile!r} -> {new['profile']!r}"]
+    defaults = PROFILES.get(new["profile"], {})
+    out = []
+    for key in sorted(set(old_overrides) | set(new["overrides"])):
+        before = old_overrides.get(key, defaults.get(key))
+        after = new["overrides"].get(key, defaults.get(key))
+        if before != after:
+            out.append(f"{key}: {before!r} -> {after!r}")
+    return out
+
+
+def _describe(overrides: dict) -> str:
+    return "no overrides" if not overrides else "overrides " + ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+
+
+def _slug(record: dict, with_profile: bool) -> str:
+    import re
+
+    parts = [record["profile"]] if with_profile else []
+    parts += [f"{k}-{v}" for k, v in sorted(record["overrides"].items())]
+    return re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:60] or "other"

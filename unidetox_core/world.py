@@ -73,7 +73,7 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
         # corpus
         "news_chars": 11_000_000,  # AllSides train articles drawn (in seeded order) for the stream
         "toxic_reserve_fraction": 0.5,  # share of toxic training tweets kept for the toxic corpus
-        "tweet_token_share": 0.02,  # share of the training tokens that are tweet threads (calibrated)
+        "tweet_token_share": 0.04,  # share of the training tokens that are tweet threads (calibrated)
         "tweets_per_thread": 10,
         "train_tokens": 2_000_000,  # BPE tokens in the packed training stream
         "block_tokens": 252,  # tokens per training block: 4 below the context, see pack_blocks
@@ -86,13 +86,13 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
         # models: architecture, tokenizer, size and training of each
         "models": {
             "gpt2-bpe": {"arch": "gpt2", "tokenizer": "bpe", "d_model": 256, "n_layer": 4, "n_head": 4,
-                         "context": 256, "steps": 240, "batch_size": 16, "lr": 2e-3, "init_seed": 0},
+                         "context": 256, "steps": 480, "batch_size": 8, "lr": 2e-3, "init_seed": 0},
             "opt-bpe": {"arch": "opt", "tokenizer": "bpe", "d_model": 256, "n_layer": 4, "n_head": 4,
-                        "context": 256, "steps": 240, "batch_size": 16, "lr": 2e-3, "init_seed": 1},
+                        "context": 256, "steps": 480, "batch_size": 8, "lr": 2e-3, "init_seed": 1},
             "llama-unigram": {"arch": "llama", "tokenizer": "unigram", "d_model": 256, "n_layer": 4, "n_head": 4,
-                              "context": 256, "steps": 240, "batch_size": 16, "lr": 2e-3, "init_seed": 2},
+                              "context": 256, "steps": 480, "batch_size": 8, "lr": 2e-3, "init_seed": 2},
             "evaluator": {"arch": "llama", "tokenizer": "bpe", "d_model": 384, "n_layer": 5, "n_head": 6,
-                          "context": 256, "steps": 160, "batch_size": 16, "lr": 1.5e-3, "init_seed": 3},
+                          "context": 256, "steps": 320, "batch_size": 8, "lr": 1.5e-3, "init_seed": 3},
         },
         # classifiers
         "allsides_max_chars": 3000,  # article prefix the bias classifier reads (BERT reads ~512 tokens)

@@ -1,0 +1,70 @@
+"""The experiment stages the chapters call by results name: method_variant, evaluate_method,
+steering_matrix, continuations. Tiny random models and a handful of prompts, so each test takes
+seconds; they need the data mirror (prompts, toxic corpus)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unidetox_core import baselines as B
+from unidetox_core import experiments as E
+from unidetox_core.profiles import load_profile
+
+
+@pytest.fixture()
+def P(tmp_path, mirror, tiny_gpt2_path):
+    """The tiny profile on a random tiny GPT-2, judged by itself, with a very small evaluation."""
+    return load_profile(
+        "tiny", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"),
+        source_model=str(tiny_gpt2_path), target_models=[], evaluator_model=str(tiny_gpt2_path),
+        toxicity_scorer="profanity_check", second_toxicity_scorer="profanity_check",
+        n_val_prompts=6, eval_n_continuations=2, eval_max_new_tokens=3, toxic_max_texts=16, lmsteer_steps=2,
+    )
+
+
+def test_method_variant_maps_results_names_to_variants(P):
+    model = P["source_model"]
+    assert E.method_variant(P, B.BASE, model)["method"] == "base"
+    short = E.method_variant(P, B.PREPROMPT_SHORT, model)
+    assert (short["method"], short["value"]) == ("preprompt", "short")
+    assert E.method_variant(P, B.PREPROMPT_LONG, model)["value"] == "long"
+    with pytest.raises(ValueError, match="unknown"):
+        E.method_variant(P, "lm_steer_typo", model)
+    with pytest.raises(ValueError, match="lr="):
+        E.method_variant(P, B.UNIDETOX, model, 2)
+    with pytest.raises(ValueError, match="value="):
+        E.method_variant(P, B.DEXPERTS, model)
+
+
+def test_steering_matrix_is_trained_once_and_cached(P, monkeypatch):
+    path = E.steering_matrix(P, P["source_model"], progress=False)
+    W = B.load_steering_matrix(path)
+    d = E._load_cached(P["source_model"])[0].get_output_embeddings().weight.shape[1]
+    assert W.shape == (d, d) and torch.isfinite(W).all()
+    monkeypatch.setattr(B, "train_lm_steer", lambda *a, **k: pytest.fail("retrained a cached matrix"))
+    assert E.steering_matrix(P, P["source_model"], progress=False) == path
+
+
+def test_evaluate_method_names_rows_for_the_tuning_rule(P):
+    model = P["source_model"]
+    base = E.evaluate_method(P, B.BASE, model)
+    assert base["method"] == B.BASE and base["hparam"] == "" and math.isnan(base["value"]) and math.isnan(base["lr"])
+    assert base["TP"] == base["TP_all"] and base["EMT"] == base["EMT_all"]
+    steer = E.evaluate_method(P, B.LMSTEER, model, -1.0)
+    assert (steer["method"], steer["hparam"], steer["value"]) == (B.LMSTEER, "epsilon_multiplier", -1.0)
+    pre = E.evaluate_method(P, B.PREPROMPT_SHORT, model)
+    assert pre["method"] == B.PREPROMPT_SHORT and math.isnan(pre["value"])
+    # The continuations behind a row are the cached ones, one per prompt and sample.
+    frame = E.continuations(P, E.method_variant(P, B.BASE, model))
+    n_prompts = len(E.eval_prompts(P, "val"))  # stratified: at least one prompt per category
+    assert len(frame) == n_prompts * 2 and frame["sample"].isin([0, 1]).all() and {"prompt_id", "continuation", "score", "score2", "ppl"} <= set(frame.columns)
+    assert E.continuations_path(P, E.method_variant(P, B.BASE, model)).exists()
+    # The grid rows feed baselines' selection directly.
+    import pandas as pd
+
+    rows = pd.DataFrame([base, steer, E.evaluate_method(P, B.LMSTEER, model, -2.0)])
+    chosen = B.select_baseline(rows, B.LMSTEER, model, ppl_ceiling=float("inf"))
+    assert chosen["value"] in (-1.0, -2.0) and bool(chosen["meets_ppl_rule"])

@@ -1,0 +1,138 @@
+"""The results-table helpers of chapters 6-8: tuned settings, mean ± std over seeds, bold best, the
+paper's typed numbers, and the sensitivity summary. No model runs: fast."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unidetox_core import experiments, paper_tables, tables
+from unidetox_core.profiles import load_profile
+
+SOURCE, TARGET = "world:gpt2-bpe", "world:opt-bpe"
+
+
+def selected_frame() -> pd.DataFrame:
+    rows = []
+    for model in (SOURCE, TARGET):
+        rows += [
+            dict(method="unidetox", model=model, hparam="steps", value=4, lr=1e-3, meets_ppl_rule=np.nan),
+            dict(method="unidetox", model=model, hparam="steps", value=2, lr=5e-3, meets_ppl_rule=np.nan),
+            dict(method="samples", model=model, hparam="steps", value=2, lr=1e-3, meets_ppl_rule=np.nan),
+        ]
+    rows += [
+        dict(method="lmsteer", model=SOURCE, hparam="epsilon_multiplier", value=-1.0, lr=np.nan, meets_ppl_rule=True),
+        dict(method="dexperts", model=SOURCE, hparam="beta", value=1.0, lr=np.nan, meets_ppl_rule=False),
+        dict(method="task_arithmetic", model=SOURCE, hparam="lambda", value=0.1, lr=np.nan, meets_ppl_rule=True),
+        dict(method="dexperts", model=TARGET, hparam="beta", value=2.0, lr=np.nan, meets_ppl_rule=True),
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_tuned_settings_order_and_source_reuse():
+    P = load_profile("tiny")
+    settings = experiments.tuned_settings(P, selected_frame(), SOURCE)
+    assert list(settings["method"]) == ["base", "preprompt_short", "preprompt_long", "samples", "lmsteer",
+                                        "dexperts", "task_arithmetic", "unidetox", "unidetox"]
+    assert list(settings.loc[settings["method"] == "unidetox", "lr"]) == [5e-3, 1e-3]  # higher lr first
+    assert settings["label"].is_unique and settings["model"].eq(SOURCE).all()
+    assert settings.loc[settings["method"] == "dexperts", "meets_ppl_rule"].item() is False
+
+
+def test_tuned_settings_targets_reuse_source_and_warn_on_missing_baselines():
+    P = load_profile("tiny")
+    selected = selected_frame()
+    selected.loc[(selected["method"] == "unidetox") & (selected["model"] == TARGET), "value"] = 999  # ignored
+    with pytest.warns(UserWarning, match="lmsteer"):
+        settings = experiments.tuned_settings(P, selected, TARGET)
+    assert sorted(settings.loc[settings["method"] == "unidetox", "value"]) == [2, 4]
+    assert settings.loc[settings["method"] == "dexperts", "value"].item() == 2.0
+    assert "task_arithmetic" not in set(settings["method"])
+
+
+def test_tuned_variants_calls_method_variant(monkeypatch):
+    P = load_profile("tiny")
+    calls = []
+    monkeypatch.setattr(experiments, "method_variant",
+                        lambda P, method, model, value, lr, progress=False: calls.append((method, model, value, lr)) or {})
+    with pytest.warns(UserWarning):
+        specs = experiments.tuned_variants(P, selected_frame(), TARGET)
+    assert len(specs) == len(calls) == 7  # no LM-Steer or Task Arithmetic row for TARGET
+    assert calls[0][0] == "base" and calls[4][:3] == ("dexperts", TARGET, 2.0)
+
+
+def per_seed_rows() -> pd.DataFrame:
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        rows += [dict(model="m", label="Base model", method="base", seed=seed, TP_ID=0.5 + shift, PPL=10.0),
+                 dict(model="m", label="UniDetox", method="unidetox", seed=seed, TP_ID=0.1 + shift, PPL=12.0)]
+    return pd.DataFrame(rows)
+
+
+def test_seed_summary_mean_std_and_checks():
+    summary = tables.seed_summary(per_seed_rows(), ["TP_ID", "PPL"])
+    assert list(summary["label"]) == ["Base model", "UniDetox"]
+    assert summary["TP_ID_mean"].tolist() == pytest.approx([0.6, 0.2])
+    assert summary["TP_ID_std"].tolist() == pytest.approx([0.1, 0.1])  # population std, as np.std
+    assert summary["n_seeds"].eq(2).all() and summary["method"].tolist() == ["base", "unidetox"]
+    with pytest.raises(ValueError, match="every variant"):
+        tables.seed_summary(per_seed_rows().iloc[:-1], ["TP_ID"])
+
+
+def test_format_and_bold_lowest():
+    summary = tables.seed_summary(per_seed_rows(), ["TP_ID", "PPL"])
+    mmlu = pd.DataFrame({"model": ["m", "m"], "label": ["Base model", "UniDetox"], "MMLU": [25.0, np.nan]})
+    display = tables.format_results(summary, ["TP_ID"], ["PPL"], extra=mmlu)
+    assert list(display.columns) == ["model", "method", "TP ID", "PPL", "MMLU (%)"]
+    assert display["TP ID"].tolist() == ["0.60 ± 0.10", "0.20 ± 0.10"]
+    assert display["MMLU (%)"].tolist() == ["25.00", "—"]
+    html = tables.bold_lowest(display, summary, ["TP_ID"]).to_html()
+    assert html.count("font-weight: bold") == 1 and "0.20 ± 0.10" in html
+
+
+def test_paper_tables_typed_values():
+    t1, t2, t8, t6 = paper_tables.table1(), paper_tables.table2(), paper_tables.table8(), paper_tables.table6()
+    assert len(t1) == 9 and len(t2) == 27 and len(t8) == 36 and len(t6) == 24
+    row = t1[t1["label"] == "UniDetox lr=5e-05"].iloc[0]
+    assert (row["TP_ID"], row["TP_ID_std"], row["PPL"], row["MMLU"]) == (0.40, 0.00, 10.38, 31.42)
+    lowest = t2.loc[t2.groupby("model")["TP_ID"].idxmin()].set_index("model")["method"]
+    assert lowest.to_dict() == {"OPT-6.7B": "unidetox", "LLaMA2-7B": "unidetox", "Falcon-7B": "dexperts"}
+    assert math.isnan(t2["TP_ID_std"].iloc[0])
+
+
+def test_sensitivity_summary_lower_left():
+    grid = pd.DataFrame([
+        dict(method="base", model="m", value=np.nan, lr=np.nan, seed=0, TP_all=0.5, PPL=10.0),
+        dict(method="unidetox", model="m", value=2, lr=1e-3, seed=0, TP_all=0.3, PPL=10.5),
+        dict(method="unidetox", model="m", value=4, lr=1e-3, seed=0, TP_all=0.2, PPL=30.0),
+        dict(method="dexperts", model="m", value=1.0, lr=np.nan, seed=0, TP_all=0.6, PPL=9.0),
+    ])
+    points = tables.grid_points(grid)
+    assert len(points) == 3 and points["lr"].isna().sum() == 1
+    summary = tables.sensitivity_summary(points, pd.Series({"m": 11.0}), tables.base_points(grid)).set_index("method")
+    assert summary.loc["unidetox", ["points", "within_ceiling", "lower_left"]].tolist() == [2, 1, 1]
+    assert summary.loc["dexperts", "lower_left"] == 0 and summary.loc["dexperts", "within_ceiling"] == 1
+    assert summary.loc["unidetox", "PPL_ratio_max"] == pytest.approx(3.0)
+
+
+def test_paper_numbers_print_like_ours():
+    t1 = tables.as_summary(paper_tables.table1())
+    display = tables.format_results(t1, tables.TOXICITY, ["PPL", "MMLU"], keys=["label"])
+    assert display.loc[7, "TP ID"] == "0.40 ± 0.00" and display.loc[7, "MMLU (%)"] == "31.42"
+    t2 = tables.as_summary(paper_tables.table2())
+    display = tables.format_results(t2, tables.TOXICITY, [], keys=["model", "label"])
+    assert display.loc[0, "TP ID"] == "0.78"  # Table 2: means only
+    html = tables.bold_lowest(display, t2, ["TP_ID"]).to_html()
+    style = html.split("</style>")[0]
+    assert len(re.findall(r"#T_\w+_row(\d+)_col2\b", style)) == 3  # one per model
+
+
+def test_profile_reductions_lists_only_differences():
+    assert tables.profile_reductions(load_profile("paper")).empty
+    mini = tables.profile_reductions(load_profile("mini")).set_index("setting")
+    assert mini.loc["evaluation seeds", "paper"] == "5: 0, 1, 2, 3, 4"
+    assert mini.loc["test prompts", "paper"] == "all" and "MMLU shots" not in mini.index

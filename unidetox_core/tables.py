@@ -1,0 +1,220 @@
+"""The results tables of the book (Tables 1, 2 and 8 analogues) and the sensitivity summary (Figure 2).
+
+- ``seed_summary``: mean and standard deviation over seeds of every metric, per variant
+  (``metrics.mean_std_over_seeds``; population std, as the official code's ``np.std``);
+- ``format_results``: the printed table -- ``"0.40 ± 0.01"`` for TP/EMT (``metrics.format_mean_std``),
+  plain means for perplexity, Dist-n and MMLU;
+- ``bold_lowest``: a pandas ``Styler`` that puts the lowest mean of each TP/EMT column in bold (per
+  model), as the paper's tables do;
+- ``sensitivity_summary``: where each method's grid points fall in the perplexity-TP plane relative
+  to the base model and the 1.1x perplexity ceiling (the "lower left" of Figure 2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics import format_mean_std, mean_std_over_seeds
+
+TOXICITY = ("TP_ID", "TP_OOD", "EMT_ID", "EMT_OOD")
+SECOND_SCORER = ("TP2_ID", "TP2_OOD", "EMT2_ID", "EMT2_OOD")
+QUALITY = ("PPL", "dist_1", "dist_2", "dist_3")
+HEADERS = {
+    "TP_ID": "TP ID", "TP_OOD": "TP OOD", "EMT_ID": "EMT ID", "EMT_OOD": "EMT OOD",
+    "TP2_ID": "TP ID", "TP2_OOD": "TP OOD", "EMT2_ID": "EMT ID", "EMT2_OOD": "EMT OOD",
+    "mean_score": "mean score", "mean_score2": "mean score (2nd)", "TP_all": "TP (all)", "TP2_all": "TP (all, 2nd)",
+    "PPL": "PPL", "dist_1": "Dist-1", "dist_2": "Dist-2", "dist_3": "Dist-3", "MMLU": "MMLU (%)",
+    "label": "method", "model": "model",
+}
+
+
+def seed_summary(rows: pd.DataFrame, metrics: Sequence[str], *, keys: Sequence[str] = ("model", "label"),
+                 seed_column: str = "seed", ddof: int = 0) -> pd.DataFrame:
+    """Mean and std over seeds (``<metric>_mean``, ``<metric>_std``) of ``metrics`` for each ``keys``.
+
+    ``rows`` has one row per (variant, seed), e.g. from ``experiments.evaluate_settings``; every
+    seed must cover the same variants. Other columns constant within a variant (``method``, ``lr``,
+    ``hparam``, ``value``, ``meets_ppl_rule``) are kept. The variants keep their first-seen order.
+    """
+    keys, metrics = list(keys), list(metrics)
+    missing = [c for c in keys + metrics + [seed_column] if c not in rows.columns]
+    if missing:
+        raise ValueError(f"rows lack column(s) {missing}; expected one row per variant and seed.")
+    order = rows[keys].drop_duplicates()
+    index = pd.MultiIndex.from_frame(order)
+    tables = []
+    for seed, part in rows.groupby(seed_column, sort=True):
+        table = part.set_index(keys)[metrics].astype(float)
+        if table.index.duplicated().any():
+            raise ValueError(f"seed {seed} has several rows for one of {keys}; give one row per variant and seed.")
+        if len(table) != len(index) or not table.index.isin(index).all():
+            raise ValueError(f"seed {seed} covers {len(table)} variants, not the {len(index)} of all seeds; "
+                             "evaluate every variant with every seed.")
+        tables.append(table.reindex(index))
+    summary = mean_std_over_seeds(tables, ddof=ddof).reset_index()
+    extra = [c for c in ("method", "hparam", "value", "lr", "meets_ppl_rule") if c in rows.columns and c not in keys]
+    if extra:
+        constants = rows.drop_duplicates(keys)[keys + extra]
+        summary = summary.merge(constants, on=keys, how="left")
+    return summary
+
+
+def _plain(value: float, digits: int) -> str:
+    return "—" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def format_results(summary: pd.DataFrame, mean_std: Sequence[str] = TOXICITY, plain: Sequence[str] = QUALITY,
+                   extra: pd.DataFrame | None = None, extra_columns: Sequence[str] = ("MMLU",),
+                   keys: Sequence[str] = ("model", "label"), digits: int = 2) -> pd.DataFrame:
+    """The printed table: ``keys``, then ``"mean ± std"`` for ``mean_std``, plain means for ``plain``
+    (``PPL`` with two decimals as the paper prints it), then ``extra_columns`` of ``extra`` (e.g.
+    MMLU accuracy in %, merged on ``keys``). Missing values print as "—". Headers as the paper's."""
+    keys = list(keys)
+    out = summary[keys].copy()
+    if mean_std:
+        formatted = format_mean_std(summary, list(mean_std), digits=digits)
+        for column in mean_std:  # "—" when there is no mean, the mean alone when there is no std
+            out[column] = [("—" if pd.isna(m) else _plain(m, digits) if pd.isna(sd) else text)
+                           for m, sd, text in zip(summary[f"{column}_mean"], summary[f"{column}_std"], formatted[column])]
+    for column in plain:
+        out[column] = [_plain(v, digits) for v in summary[f"{column}_mean"]]
+    if extra is not None:
+        merged = summary[keys].merge(extra[keys + list(extra_columns)], on=keys, how="left")
+        for column in extra_columns:
+            out[column] = [_plain(v, digits) for v in merged[column]]
+    return out.rename(columns=HEADERS)
+
+
+def bold_lowest(display: pd.DataFrame, summary: pd.DataFrame, columns: Sequence[str] = TOXICITY,
+                group: str | None = "model", hide_index: bool = True):
+    """A ``Styler`` of ``display`` (from ``format_results``, same row order as ``summary``) with the
+    lowest mean of each of ``columns`` in bold, within each ``group`` (e.g. per model) -- ties all
+    bold. ``columns`` are metric names (``TP_ID``); their printed headers are found via ``HEADERS``."""
+    weights = pd.DataFrame("", index=display.index, columns=display.columns)
+    groups = summary[group].to_numpy() if group else np.zeros(len(summary))
+    for column in columns:
+        header = HEADERS.get(column, column)
+        if header not in display.columns:
+            continue
+        values = summary[f"{column}_mean"].to_numpy(dtype=float)
+        for g in pd.unique(groups):
+            member = groups == g
+            if not np.isfinite(values[member]).any():
+                continue
+            lowest = np.nanmin(values[member])
+            best = member & np.isclose(values, lowest, rtol=0, atol=1e-12)
+            weights.loc[display.index[best], header] = "font-weight: bold"
+    styler = display.style.apply(lambda _: weights, axis=None)
+    return styler.hide(axis="index") if hide_index else styler
+
+
+def as_summary(paper: pd.DataFrame) -> pd.DataFrame:
+    """A ``paper_tables`` frame (``TP_ID``, ``TP_ID_std``, ``PPL``, ...) in ``seed_summary``'s shape
+    (``TP_ID_mean``, ``TP_ID_std``, ``PPL_mean``, ...), so ``format_results`` and ``bold_lowest``
+    print the paper's numbers exactly as ours."""
+    out = paper.copy()
+    metrics = [c for c in out.columns if c not in ("model", "method", "lr", "label", "hparam", "value")
+               and not c.endswith("_std") and pd.api.types.is_numeric_dtype(out[c])]
+    for column in metrics:
+        out[f"{column}_mean"] = out.pop(column)
+        if f"{column}_std" not in out.columns:
+            out[f"{column}_std"] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------- sensitivity (Figure 2)
+GRID_METHODS = ("unidetox", "samples", "lmsteer", "dexperts", "task_arithmetic")
+
+
+def grid_points(grid: pd.DataFrame, methods: Sequence[str] = GRID_METHODS, tp: str = "TP_all") -> pd.DataFrame:
+    """One row per (model, method, lr, value) grid point of ``grid`` (chapter 5's ``grid_val.csv``):
+    ``TP`` (``tp`` averaged over seeds -- all domains by default), ``PPL`` and ``n_seeds``."""
+    missing = [c for c in ("method", "model", "value", tp, "PPL") if c not in grid.columns]
+    if missing:
+        raise ValueError(f"grid lacks column(s) {missing}; expected chapter 5's grid_val.csv.")
+    frame = grid[grid["method"].isin(methods)].copy()
+    if "lr" not in frame.columns:
+        frame["lr"] = np.nan
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    frame["lr"] = pd.to_numeric(frame["lr"], errors="coerce").fillna(-1.0)  # groupby keeps NaN keys poorly
+    seeds = frame["seed"] if "seed" in frame.columns else pd.Series(0, index=frame.index)
+    points = (frame.assign(_seed=seeds).groupby(["model", "method", "lr", "value"], sort=True)
+              .agg(TP=(tp, "mean"), PPL=("PPL", "mean"), n_seeds=("_seed", "nunique")).reset_index())
+    points["lr"] = points["lr"].replace(-1.0, np.nan)
+    return points
+
+
+def base_points(grid: pd.DataFrame, tp: str = "TP_all") -> pd.DataFrame:
+    """The base model's validation TP and perplexity per model (mean over seeds), if ``grid`` has them."""
+    rows = grid[grid["method"] == "base"]
+    return rows.groupby("model").agg(base_TP=(tp, "mean"), base_PPL=("PPL", "mean")).reset_index()
+
+
+def sensitivity_summary(points: pd.DataFrame, ceilings: pd.Series, base: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (model, method): how many grid points, how many within the perplexity ceiling
+    (``ceilings``: model -> 1.1 x UniDetox's perplexity), how many in the *lower left* -- within the
+    ceiling **and** below the base model's TP (when ``base`` is given) -- their TP range, and the
+    perplexity range relative to the base model."""
+    frame = points.merge(ceilings.rename("ceiling"), left_on="model", right_index=True, how="left")
+    if base is not None and not base.empty:
+        frame = frame.merge(base, on="model", how="left")
+    else:
+        frame["base_TP"], frame["base_PPL"] = np.nan, np.nan
+    frame["within_ceiling"] = frame["PPL"] <= frame["ceiling"]
+    frame["lower_left"] = frame["within_ceiling"] & (frame["TP"] < frame["base_TP"])
+    frame["ppl_ratio"] = frame["PPL"] / frame["base_PPL"]
+    rows = []
+    for (model, method), part in frame.groupby(["model", "method"], sort=False):
+        rows.append({
+            "model": model, "method": method, "points": len(part),
+            "within_ceiling": int(part["within_ceiling"].sum()), "lower_left": int(part["lower_left"].sum()),
+            "share_lower_left": float(part["lower_left"].mean()),
+            "TP_min": float(part["TP"].min()), "TP_max": float(part["TP"].max()),
+            "best_TP_within_ceiling": float(part.loc[part["within_ceiling"], "TP"].min())
+            if part["within_ceiling"].any() else np.nan,
+            "PPL_ratio_min": float(part["ppl_ratio"].min()), "PPL_ratio_max": float(part["ppl_ratio"].max()),
+            "ceiling": float(part["ceiling"].iloc[0]), "base_TP": float(part["base_TP"].iloc[0]),
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ what this run reduced
+SETTING_NAMES = {
+    "seeds": "evaluation seeds",
+    "n_val_prompts": "validation prompts",
+    "n_test_prompts": "test prompts",
+    "eval_n_continuations": "continuations per prompt",
+    "eval_max_new_tokens": "tokens per continuation",
+    "mmlu_max_questions": "MMLU questions",
+    "mmlu_shots": "MMLU shots",
+    "distill_n_texts": "distilled texts",
+    "distill_max_new_tokens": "tokens per distilled text",
+    "detox_lrs": "UniDetox / Samples learning rates",
+    "detox_steps": "UniDetox / Samples step grid",
+    "lmsteer_multipliers": "LM-Steer grid (x epsilon)",
+    "dexperts_betas": "DExperts beta grid",
+    "task_arithmetic_lambdas": "Task Arithmetic lambda grid",
+}
+
+
+def _setting_text(key: str, value) -> str:
+    if key in ("n_val_prompts", "n_test_prompts", "mmlu_max_questions") and value == 0:
+        return "all"
+    if isinstance(value, list):
+        return f"{len(value)}: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}" \
+            if len(value) <= 6 else f"{len(value)}: {value[0]:g} ... {value[-1]:g}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def profile_reductions(P: dict, keys: Sequence[str] = tuple(SETTING_NAMES)) -> pd.DataFrame:
+    """The settings of ``keys`` where profile ``P`` differs from the paper profile, side by side
+    (``setting``, ``this run``, ``paper``) -- what a chapter must state when it reports numbers."""
+    from .profiles import load_profile
+
+    paper = load_profile("paper")
+    rows = [{"setting": SETTING_NAMES.get(k, k), "this run": _setting_text(k, P[k]), "paper": _setting_text(k, paper[k])}
+            for k in keys if P[k] != paper[k]]
+    return pd.DataFrame(rows, columns=["setting", "this run", "paper"])
