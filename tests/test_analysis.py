@@ -121,11 +121,14 @@ def test_stage_times_reads_what_each_stage_recorded(fake_cache):
     distilled = times.loc[("distillation", "unidetox, seed 0, alpha 0.1")]
     assert distilled["seconds"] == 12.0 and distilled["tokens_per_s"] == 30.0 and distilled["model"] == "base/A"
     assert ("distillation", "samples, seed 0") in times.index
+    assert distilled["text"] == "unidetox" and distilled["seed"] == 0 and distilled["alpha"] == 0.1
     toxic = times.xs("toxic model", level="stage").iloc[0]
     assert toxic["steps"] == 6 and toxic["seconds"] == pytest.approx(12.0)  # 2 s a step, 6 steps
     assert toxic["how"] == "estimated from step 4 of 6"
     detox = times.xs("detox fine-tuning", level="stage").iloc[0]
     assert detox["model"] == "base/B" and detox["steps"] == 4 and detox["seconds"] == 3.0
+    assert detox["text"] == "unidetox" and detox["lr"] == 5e-5 and detox["seed"] == 0
+    assert "unidetox, seed 0, alpha 0.1 text, lr 5e-05" == times.xs("detox fine-tuning", level="stage").index[0]
     assert detox["tokens_per_s"] == pytest.approx(100 / 3.0)
 
 

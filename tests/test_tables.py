@@ -104,19 +104,24 @@ def test_paper_tables_typed_values():
     assert math.isnan(t2["TP_ID_std"].iloc[0])
 
 
-def test_sensitivity_summary_lower_left():
+def test_sensitivity_regions_and_spread():
     grid = pd.DataFrame([
         dict(method="base", model="m", value=np.nan, lr=np.nan, seed=0, TP_all=0.5, PPL=10.0),
         dict(method="unidetox", model="m", value=2, lr=1e-3, seed=0, TP_all=0.3, PPL=10.5),
         dict(method="unidetox", model="m", value=4, lr=1e-3, seed=0, TP_all=0.2, PPL=30.0),
         dict(method="dexperts", model="m", value=1.0, lr=np.nan, seed=0, TP_all=0.6, PPL=9.0),
+        dict(method="base", model="n", value=np.nan, lr=np.nan, seed=0, TP_all=0.5, PPL=20.0),
+        dict(method="dexperts", model="n", value=1.0, lr=np.nan, seed=0, TP_all=0.4, PPL=90.0),
     ])
     points = tables.grid_points(grid)
-    assert len(points) == 3 and points["lr"].isna().sum() == 1
-    summary = tables.sensitivity_summary(points, pd.Series({"m": 11.0}), tables.base_points(grid)).set_index("method")
-    assert summary.loc["unidetox", ["points", "within_ceiling", "lower_left"]].tolist() == [2, 1, 1]
-    assert summary.loc["dexperts", "lower_left"] == 0 and summary.loc["dexperts", "within_ceiling"] == 1
-    assert summary.loc["unidetox", "PPL_ratio_max"] == pytest.approx(3.0)
+    assert len(points) == 4 and points["lr"].isna().sum() == 2
+    marked = tables.mark_points(points, pd.Series({"m": 11.0, "n": 50.0}), tables.base_points(grid), factor=1.1)
+    summary = tables.sensitivity_summary(marked).set_index(["model", "method"])
+    assert summary.loc[("m", "unidetox"), ["points", "within_ceiling", "lower_left"]].tolist() == [2, 1, 1]
+    assert summary.loc[("m", "dexperts"), "lower_left"] == 0 and summary.loc[("m", "dexperts"), "within_ceiling"] == 1
+    assert summary.loc[("m", "unidetox"), "PPL_ratio_max"] == pytest.approx(3.0)
+    spread = tables.ppl_spread(marked).set_index("method")
+    assert list(spread.index) == ["dexperts"] and spread.loc["dexperts", "spread"] == pytest.approx(4.5 / 0.9)
 
 
 def test_paper_numbers_print_like_ours():
@@ -136,3 +141,17 @@ def test_profile_reductions_lists_only_differences():
     mini = tables.profile_reductions(load_profile("mini")).set_index("setting")
     assert mini.loc["evaluation seeds", "paper"] == "5: 0, 1, 2, 3, 4"
     assert mini.loc["test prompts", "paper"] == "all" and "MMLU shots" not in mini.index
+
+
+def test_check_claims_on_the_papers_tables():
+    table1 = tables.check_claims(tables.as_summary(paper_tables.table1())).set_index("claim")
+    assert table1["holds"].all()  # Section 3.5 reads Table 1 this way
+    assert "lr 5e-05: 0.40 (clearly lower)" in table1.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
+    t2 = tables.as_summary(paper_tables.table2())
+    falcon = tables.check_claims(t2[t2["model"] == "Falcon-7B"]).set_index("claim")["holds"]
+    assert not falcon["UniDetox has the lowest TP ID"]  # DExperts' 0.30 < UniDetox's 0.33 in Table 2
+    ours = tables.check_claims(tables.seed_summary(per_seed_rows().assign(lr=np.nan, TP_OOD=0.0), ["TP_ID", "TP_OOD", "PPL"]))
+    beside = tables.claims_beside(ours, table1.reset_index())
+    assert list(beside.columns) == ["claim", "paper reports", "this run", "this run's numbers"]
+    row = beside.set_index("claim").loc["UniDetox has the lowest TP OOD"]
+    assert (row["paper reports"], row["this run"]) == ("holds", "does not hold")  # all tie at 0, base included

@@ -301,9 +301,11 @@ def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_text
     epochs / batch / lr / lengths for the toxic model, batch and length for fine-tuning): a cache
     may still hold runs of an earlier setting.
 
-    Columns: ``stage``, ``model`` (the profile's name), ``detail`` (text kind, seed, lr ...),
-    ``seconds``, ``steps``, ``tokens``, ``tokens_per_s``, ``how`` (``recorded`` / ``estimated``),
-    ``folder``. Evaluation and MMLU record no times; the chapters' run times cover them.
+    Columns: ``stage``, ``model`` (the profile's name), ``detail`` (a readable label), for the text
+    stages ``text`` (``unidetox``, ``samples``, ``cut_only``, ``clean_news``), ``seed``, ``alpha`` and
+    ``top_k`` of the text, ``lr`` (fine-tuning), then ``seconds``, ``steps``, ``tokens``,
+    ``tokens_per_s``, ``how`` (``recorded`` / ``estimated ...``) and ``folder``. Evaluation and MMLU
+    record no times; the chapters' run times cover them.
     """
     import json
     import math
@@ -320,31 +322,32 @@ def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_text
     rows = []
 
     # distillation: the profile's texts are those whose base model is one of the profile's models
-    text_dirs = {}
+    texts = {}  # text folder name -> what made it (text kind, seed, alpha, top_k, and a readable label)
     for meta_path in sorted(cache.glob("distilled/*/texts.json")):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         folder = meta_path.parent
-        kind = folder.name.rsplit("-", 1)[0]
         if meta.get("kind") == "clean_news":  # a copy of held-out news; the profile sets its size
             if meta.get("n") == P["distill_n_texts"] and meta.get("words") == P["distill_max_new_tokens"] * 3 // 4:
-                text_dirs[folder.name] = "clean_news"
+                texts[folder.name] = {"text": "clean_news", "seed": meta.get("seed"), "alpha": None, "top_k": None,
+                                      "label": f"clean_news, seed {meta.get('seed')}"}
             continue
         if str(meta.get("base_model")) not in name_of_path:
             continue
         if meta.get("n_texts") != P["distill_n_texts"] or meta.get("max_new_tokens") != P["distill_max_new_tokens"]:
             continue  # made with other sizes (an earlier setting of the profile)
-        text_dirs[folder.name] = kind
+        kind = folder.name.rsplit("-", 1)[0].replace("-", "_")  # the folder is named by experiments.slug(kind)
+        alpha = None if kind == "samples" else meta.get("alpha")
+        label = f"{kind}, seed {meta.get('seed')}" + (f", alpha {alpha:g}" if alpha is not None else "")
+        label += f", top_k {meta['top_k']}" if meta.get("top_k") else ""
+        texts[folder.name] = {"text": kind, "seed": meta.get("seed"), "alpha": alpha, "top_k": meta.get("top_k") or 0,
+                              "label": label}
         if meta.get("wall_time_s") is None:
             continue
-        detail = f"{kind}, seed {meta.get('seed')}"
-        if kind != "samples":
-            detail += f", alpha {meta.get('alpha')}"
-        if meta.get("top_k"):
-            detail += f", top_k {meta.get('top_k')}"
-        rows.append({"stage": "distillation", "model": name_of_path[str(meta["base_model"])], "detail": detail,
+        rows.append({"stage": "distillation", "model": name_of_path[str(meta["base_model"])], "detail": label,
+                     **{k: texts[folder.name][k] for k in ("text", "seed", "alpha", "top_k")}, "lr": None,
                      "seconds": float(meta["wall_time_s"]), "steps": None,
                      "tokens": meta.get("generated_tokens"), "tokens_per_s": meta.get("tokens_per_s"),
                      "how": "recorded", "folder": str(folder)})
@@ -361,8 +364,8 @@ def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_text
             continue  # made with other settings
         folder = config_path.parent
         row = {"stage": "toxic model", "model": name_of_path[str(config["base"])],
-               "detail": f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('lr')}",
-               "folder": str(folder)}
+               "detail": f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('lr'):g}",
+               "lr": config.get("lr"), "folder": str(folder)}
         history = _training_history(folder / "checkpoints")
         if config.get("wall_time_s") is not None:
             row.update(seconds=float(config["wall_time_s"]), steps=config.get("steps"), tokens=config.get("tokens"),
@@ -384,7 +387,7 @@ def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_text
 
     # detox fine-tuning: folders named <model slug>-<text folder>-<key>
     for folder in sorted(p for p in cache.glob("detox/*") if p.is_dir()):
-        match = next((name for name in text_dirs if f"-{name}-" in folder.name), None)
+        match = next((name for name in texts if f"-{name}-" in folder.name), None)
         if match is None:
             continue
         model_slug = folder.name.split(f"-{match}-")[0]
@@ -395,14 +398,17 @@ def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_text
         if settings.get("batch_size") != P["detox_batch_size"] or settings.get("max_length") != P["detox_max_length"]:
             continue  # made with other settings
         lr = settings.get("lr")
+        info = texts[match]
         rows.append({"stage": "detox fine-tuning", "model": name_of_slug.get(model_slug, model_slug),
-                     "detail": f"{text_dirs[match]} text, lr {lr:g}" if lr is not None else f"{text_dirs[match]} text",
+                     "detail": f"{info['label']} text" + (f", lr {lr:g}" if lr is not None else ""),
+                     **{k: info[k] for k in ("text", "seed", "alpha", "top_k")}, "lr": lr,
                      "seconds": float(history["wall_time_s"]), "steps": history["last_step"],
                      "tokens": history.get("tokens"),
                      "tokens_per_s": history["tokens"] / history["wall_time_s"] if history.get("tokens") else None,
                      "how": "recorded", "folder": str(folder)})
 
-    columns = ["stage", "model", "detail", "seconds", "steps", "tokens", "tokens_per_s", "how", "folder"]
+    columns = ["stage", "model", "detail", "text", "seed", "alpha", "top_k", "lr", "seconds", "steps", "tokens",
+               "tokens_per_s", "how", "folder"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .cache import write_json_atomic
@@ -97,10 +98,117 @@ def sample_next_tokens(scores: torch.Tensor, generator: torch.Generator, tempera
     Gumbel-max: ``argmax(scores / T + g)`` with ``g = -log(Exp(1))`` i.i.d. Gumbel noise is an exact
     sample from the softmax, and ``-inf`` scores are never chosen. The noise has the full shape
     ``[rows, vocab]`` whatever the scores are, so the random stream never depends on them.
+    (``decode_batch`` draws the same numbers faster with ``GumbelSampler``.)
     """
     noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     gumbel = -torch.log(noise.exponential_(generator=generator))
     return (keep_top_k(scores.float(), top_k) / temperature + gumbel).argmax(dim=-1)
+
+
+# ------------------------------------------------------------------------- fast, identical noise
+_MT_STATE_WORDS = 624  # the Mersenne Twister state behind every CPU torch.Generator
+_MASK_53 = np.uint64((1 << 53) - 1)
+
+
+class GumbelSampler:
+    """``sample_next_tokens`` for one generator, step after step: the same tokens, the same stream.
+
+    ``torch.Tensor.exponential_`` on a CPU generator draws one number at a time (about 40 ns each:
+    a 128 x 8,000 step cost as much as a forward pass of a 5 M model). Its numbers are
+    ``-log1p(-u)`` of ``u = (2^53-bit word) / 2^53`` from the generator's Mersenne Twister (two
+    32-bit outputs per number), so numpy's ``MT19937``, started from the generator's state, yields
+    the very same words in bulk. Only the entries with a finite score need the logarithms -- Eq. 3
+    leaves a few dozen of 8,000 per row -- so they alone are transformed; the words of the others
+    are drawn and dropped, which keeps the stream (and every later step) unchanged. The double
+    ``log1p`` may differ from the C library's in its last bit; the rare number whose float32
+    rounding that could change is recomputed with ``math.log1p`` (the C library's function, which
+    torch calls). The generator's state is written back by ``close()``.
+
+    Checked once per process against ``exponential_`` itself; on a mismatch (another torch build),
+    on CUDA, or for a generator of another kind, it falls back to ``sample_next_tokens``.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.bitgen = None
+        if generator.device.type == "cpu" and _numpy_stream_matches_torch():
+            self.bitgen = _bitgen_from(generator)
+
+    def __call__(self, scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens for every row of ``scores`` (``[rows, vocab]``); ``rows`` (bool) marks the rows whose
+        token is used -- the noise of the others is drawn but not transformed (their token is 0)."""
+        if self.bitgen is None:
+            return sample_next_tokens(scores, self.generator, temperature, top_k)
+        n_rows, vocab = scores.shape
+        words = self.bitgen.random_raw(2 * n_rows * vocab)  # uint64 holding 32-bit words
+        kept = keep_top_k(scores.float(), top_k)
+        finite = torch.isfinite(kept)
+        if rows is not None:
+            finite &= rows[:, None]
+        flat = finite.view(-1).nonzero().squeeze(-1)
+        self.last_support = int(flat.numel())
+        values = torch.full((n_rows * vocab,), -math.inf, dtype=torch.float32, device=scores.device)
+        if flat.numel():
+            index = flat.cpu().numpy()
+            noise = _exponential_from_words(words[2 * index], words[2 * index + 1])
+            pad = (-len(noise)) % 64  # whole vector blocks, so torch.log takes its vectorized path throughout
+            padded = torch.from_numpy(np.concatenate([noise, np.ones(pad, np.float32)]))
+            gumbel = (-torch.log(padded))[: len(noise)].to(scores.device)
+            values[flat] = kept.view(-1)[flat] / temperature + gumbel
+        return values.view(n_rows, vocab).argmax(dim=-1)
+
+    def close(self) -> None:
+        """Write the numpy stream's position back into the torch generator."""
+        if self.bitgen is not None:
+            _write_bitgen_state(self.generator, self.bitgen)
+
+
+def _bitgen_from(generator: torch.Generator) -> np.random.MT19937:
+    state = generator.get_state().numpy()
+    left = int(state[8:12].view(np.int32)[0])  # CPUGeneratorImplStateLegacy: seed, left, seeded, next, state[624]
+    key = state[24:24 + 8 * _MT_STATE_WORDS].view(np.uint64).astype(np.uint32)
+    bitgen = np.random.MT19937()
+    bitgen.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": _MT_STATE_WORDS + 1 - left}}
+    return bitgen
+
+
+def _write_bitgen_state(generator: torch.Generator, bitgen: np.random.MT19937) -> None:
+    state = generator.get_state().numpy().copy()
+    pos = int(bitgen.state["state"]["pos"])
+    state[8:12] = np.array([_MT_STATE_WORDS + 1 - pos], dtype=np.int32).view(np.uint8)
+    state[16:24] = np.array([pos], dtype=np.uint64).view(np.uint8)
+    state[24:24 + 8 * _MT_STATE_WORDS] = bitgen.state["state"]["key"].astype(np.uint64).view(np.uint8)
+    generator.set_state(torch.from_numpy(state))
+
+
+def _exponential_from_words(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Exp(1) numbers as torch's CPU kernel makes them from pairs of 32-bit words, as float32."""
+    u = (((hi & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | (lo & np.uint64(0xFFFFFFFF))) & _MASK_53
+    exact = -np.log1p(-(u.astype(np.float64) * 2.0 ** -53))
+    result = exact.astype(np.float32)
+    slack = 4 * np.spacing(exact)  # a few ulps of disagreement with the C library's log1p
+    doubtful = np.flatnonzero((exact - slack).astype(np.float32) != (exact + slack).astype(np.float32))
+    for i in doubtful:
+        result[i] = np.float32(-math.log1p(-(float(u[i]) * 2.0 ** -53)))
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_stream_matches_torch() -> bool:
+    """Does ``GumbelSampler``'s numpy stream reproduce ``exponential_`` in this torch build?"""
+    try:
+        generator = torch.Generator().manual_seed(20250101)
+        bitgen = _bitgen_from(generator)
+        expected = torch.empty(4099).exponential_(generator=generator).numpy()
+        words = bitgen.random_raw(2 * 4099)
+        ours = _exponential_from_words(words[0::2], words[1::2])
+        after = torch.Generator().manual_seed(1)
+        _write_bitgen_state(after, bitgen)
+        return bool(np.array_equal(ours, expected)) and torch.equal(
+            torch.empty(7).exponential_(generator=after), torch.empty(7).exponential_(generator=generator))
+    except Exception:  # an unexpected state layout: use torch's own sampler
+        return False
 
 
 # ----------------------------------------------------------------------------------- the decoder
@@ -117,47 +225,72 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
     EOS-filled after the end), ``lengths`` (tokens before EOS), ``ended`` (EOS seen), and the summed
     size of the sets sampled from (tokens with a finite score) with the number of live rows summed
     over, for the mean in the statistics.
+
+    Speed (the tokens are those of the plain loop -- a test checks them against a full-prefix
+    recomputation): each model's KV cache gets room for every step up front (``DynamicCache`` would
+    copy itself whole at each step: a quarter of the time at 128 x 256), and the Gumbel noise comes
+    from ``GumbelSampler`` (the generator's own stream, drawn in bulk).
     """
+    from .generate import preallocate_cache
+
     device = model_device(base)
     next_ids = torch.full((batch_size, 1), start_id, dtype=torch.long, device=device)
-    base_cache = toxic_cache = None
+    caches = {"base": None, "toxic": None}
+    sampler = GumbelSampler(generator)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
     support_sum = torch.zeros((), dtype=torch.long, device=device)
     support_count = torch.zeros((), dtype=torch.long, device=device)
-    generated = []
-    for _ in range(max_new_tokens):
-        with autocast_context(device, bf16):
-            base_logits, base_cache = forward_step(base, next_ids, base_cache)
-            toxic_logits = None
-            if toxic is not None:  # the toxic model's own cache -- never the base model's
-                toxic_logits, toxic_cache = forward_step(toxic, next_ids.to(model_device(toxic)), toxic_cache)
-        base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
-        if toxic_logits is None:  # plain sampling: log p_base itself, optionally cut by Eq. 3 alone
-            scores = plausible_only(base_logprobs, alpha) if alpha else base_logprobs
-        else:  # Eq. 1 + 3
-            toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
-            scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
-        chosen = sample_next_tokens(scores, generator, temperature, top_k)  # Eq. 2
-
-        live = ~finished
-        support_sum += (keep_top_k(scores, top_k).isfinite().sum(dim=-1) * live).sum()
-        support_count += live.sum()
-        chosen = chosen.masked_fill(finished, eos_id)  # finished rows: noise drawn, token ignored
-        lengths += (live & (chosen != eos_id)).long()
-        finished |= chosen == eos_id
-        generated.append(chosen)
-        if bool(finished.all()):
-            break
-        next_ids = chosen[:, None]
+    generated = torch.full((batch_size, max_new_tokens), eos_id, dtype=torch.long, device=device)
+    steps = 0
+    try:
+        for step in range(max_new_tokens):
+            with autocast_context(device, bf16):
+                base_logits = _cached_step(base, next_ids, caches, "base", max_new_tokens - step, preallocate_cache)
+                toxic_logits = None
+                if toxic is not None:  # the toxic model's own cache -- never the base model's
+                    toxic_logits = _cached_step(toxic, next_ids.to(model_device(toxic)), caches, "toxic",
+                                                max_new_tokens - step, preallocate_cache)
+            base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
+            if toxic_logits is None:  # plain sampling: log p_base itself, optionally cut by Eq. 3 alone
+                scores = plausible_only(base_logprobs, alpha) if alpha else base_logprobs
+            else:  # Eq. 1 + 3
+                toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
+                scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
+            live = ~finished
+            chosen = sampler(scores, temperature, top_k, rows=live)  # Eq. 2
+            if sampler.bitgen is not None:
+                support_sum += sampler.last_support
+            else:
+                support_sum += (keep_top_k(scores, top_k).isfinite().sum(dim=-1) * live).sum()
+            support_count += live.sum()
+            chosen = chosen.masked_fill(finished, eos_id)  # finished rows: noise drawn, token ignored
+            lengths += (live & (chosen != eos_id)).long()
+            finished |= chosen == eos_id
+            generated[:, step] = chosen
+            steps = step + 1
+            if bool(finished.all()):
+                break
+            next_ids = chosen[:, None]
+    finally:
+        sampler.close()
     return {
-        "ids": torch.stack(generated, dim=1).cpu(),
+        "ids": generated[:, :steps].cpu(),
         "lengths": lengths.cpu(),
         "ended": finished.cpu(),
         "support_sum": int(support_sum),
         "support_count": int(support_count),
-        "steps": len(generated),
+        "steps": steps,
     }
+
+
+def _cached_step(model, input_ids, caches: dict, key: str, remaining: int, preallocate_cache):
+    """``forward_step`` with ``caches[key]``; after the first step the cache gets room for the rest."""
+    logits, cache = forward_step(model, input_ids, caches[key])
+    if caches[key] is None and remaining > 1:
+        preallocate_cache(cache, remaining - 1)
+    caches[key] = cache
+    return logits
 
 
 def forward_step(model, input_ids: torch.Tensor, cache):

@@ -507,9 +507,13 @@ def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seed
     once. One row per (variant, seed) with ``label`` and ``meets_ppl_rule`` from ``settings``."""
     from tqdm.auto import tqdm
 
+    from .world import torch_threads
+
     seeds = list(P["seeds"] if seeds is None else seeds)
     rows = []
-    with tqdm(total=len(settings) * len(seeds), desc=f"evaluate ({split})", disable=not progress, leave=False) as bar:
+    # One torch thread when the machine is busy (see world.torch_threads): much faster there.
+    with torch_threads("auto"), tqdm(total=len(settings) * len(seeds), desc=f"evaluate ({split})",
+                                     disable=not progress, leave=False) as bar:
         for r in settings.itertuples():
             for seed in seeds:
                 bar.set_postfix_str(f"{r.model.split(':')[-1]} {r.label} seed {seed}", refresh=False)
@@ -526,14 +530,19 @@ the variant's model as it is): their MMLU accuracy would be the base model's, so
 
 def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``; NaN for the methods
-    of ``MMLU_NOT_APPLIED``. Columns ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``."""
+    of ``MMLU_NOT_APPLIED``. Columns ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``,
+    ``MMLU_questions``, ``MMLU_shots``."""
     from tqdm.auto import tqdm
+
+    from .world import torch_threads
 
     rows = []
     for r in tqdm(list(settings.itertuples()), desc="MMLU", disable=not progress, leave=False):
-        result = {"acc_normalized": np.nan, "acc_unnormalized": np.nan}
+        result = {"acc_normalized": np.nan, "acc_unnormalized": np.nan, "n_questions": np.nan, "k_shot": np.nan}
         if r.method not in MMLU_NOT_APPLIED:
-            result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
+            with torch_threads("auto"):
+                result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
         rows.append({"model": r.model, "label": r.label, "MMLU": 100 * result["acc_normalized"],
-                     "MMLU_unnormalized": 100 * result["acc_unnormalized"]})
+                     "MMLU_unnormalized": 100 * result["acc_unnormalized"],
+                     "MMLU_questions": result.get("n_questions", np.nan), "MMLU_shots": result.get("k_shot", np.nan)})
     return pd.DataFrame(rows)

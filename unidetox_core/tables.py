@@ -24,7 +24,7 @@ SECOND_SCORER = ("TP2_ID", "TP2_OOD", "EMT2_ID", "EMT2_OOD")
 QUALITY = ("PPL", "dist_1", "dist_2", "dist_3")
 HEADERS = {
     "TP_ID": "TP ID", "TP_OOD": "TP OOD", "EMT_ID": "EMT ID", "EMT_OOD": "EMT OOD",
-    "TP2_ID": "TP ID", "TP2_OOD": "TP OOD", "EMT2_ID": "EMT ID", "EMT2_OOD": "EMT OOD",
+    "TP2_ID": "TP ID (2nd)", "TP2_OOD": "TP OOD (2nd)", "EMT2_ID": "EMT ID (2nd)", "EMT2_OOD": "EMT OOD (2nd)",
     "mean_score": "mean score", "mean_score2": "mean score (2nd)", "TP_all": "TP (all)", "TP2_all": "TP (all, 2nd)",
     "PPL": "PPL", "dist_1": "Dist-1", "dist_2": "Dist-2", "dist_3": "Dist-3", "MMLU": "MMLU (%)",
     "label": "method", "model": "model",
@@ -153,32 +153,55 @@ def base_points(grid: pd.DataFrame, tp: str = "TP_all") -> pd.DataFrame:
     return rows.groupby("model").agg(base_TP=(tp, "mean"), base_PPL=("PPL", "mean")).reset_index()
 
 
-def sensitivity_summary(points: pd.DataFrame, ceilings: pd.Series, base: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per (model, method): how many grid points, how many within the perplexity ceiling
-    (``ceilings``: model -> 1.1 x UniDetox's perplexity), how many in the *lower left* -- within the
-    ceiling **and** below the base model's TP (when ``base`` is given) -- their TP range, and the
-    perplexity range relative to the base model."""
+def mark_points(points: pd.DataFrame, ceilings: pd.Series, base: pd.DataFrame | None = None,
+                factor: float = 1.1) -> pd.DataFrame:
+    """``points`` (``grid_points``) with the regions of Figure 2's reading added per point:
+
+    - ``ceiling`` and ``within_ceiling``: the tuning rule's perplexity limit on that model
+      (``ceilings``: model -> 1.1 x UniDetox's perplexity; ``baselines.ppl_ceiling``);
+    - ``lower_left``: *less toxic than the base model and at most ``factor`` times its perplexity* --
+      a region defined by the base model alone, so it does not favour the method that set the ceiling;
+    - ``ppl_ratio``: perplexity over the base model's.
+    """
     frame = points.merge(ceilings.rename("ceiling"), left_on="model", right_index=True, how="left")
     if base is not None and not base.empty:
         frame = frame.merge(base, on="model", how="left")
     else:
         frame["base_TP"], frame["base_PPL"] = np.nan, np.nan
     frame["within_ceiling"] = frame["PPL"] <= frame["ceiling"]
-    frame["lower_left"] = frame["within_ceiling"] & (frame["TP"] < frame["base_TP"])
+    frame["lower_left"] = (frame["TP"] < frame["base_TP"]) & (frame["PPL"] <= factor * frame["base_PPL"])
     frame["ppl_ratio"] = frame["PPL"] / frame["base_PPL"]
+    return frame
+
+
+def sensitivity_summary(marked: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Per (model, ``by``) of ``mark_points``' frame: grid points, how many within the tuning ceiling
+    and in the lower left, the lowest TP within the ceiling, and the perplexity range relative to the
+    base model."""
     rows = []
-    for (model, method), part in frame.groupby(["model", "method"], sort=False):
+    for (model, key), part in marked.groupby(["model", by], sort=False):
+        within = part["within_ceiling"]
         rows.append({
-            "model": model, "method": method, "points": len(part),
-            "within_ceiling": int(part["within_ceiling"].sum()), "lower_left": int(part["lower_left"].sum()),
-            "share_lower_left": float(part["lower_left"].mean()),
+            "model": model, by: key, "points": len(part), "within_ceiling": int(within.sum()),
+            "lower_left": int(part["lower_left"].sum()), "share_lower_left": float(part["lower_left"].mean()),
             "TP_min": float(part["TP"].min()), "TP_max": float(part["TP"].max()),
-            "best_TP_within_ceiling": float(part.loc[part["within_ceiling"], "TP"].min())
-            if part["within_ceiling"].any() else np.nan,
+            "best_TP_within_ceiling": float(part.loc[within, "TP"].min()) if within.any() else np.nan,
             "PPL_ratio_min": float(part["ppl_ratio"].min()), "PPL_ratio_max": float(part["ppl_ratio"].max()),
-            "ceiling": float(part["ceiling"].iloc[0]), "base_TP": float(part["base_TP"].iloc[0]),
         })
     return pd.DataFrame(rows)
+
+
+def ppl_spread(marked: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Figure 2's second reading: does one hyper-parameter value cost the same fluency on every model?
+
+    For each (``by``, ``value``) evaluated on at least two models: the perplexity ratio to the base
+    model on each (columns named by model) and ``spread`` = largest / smallest ratio across models
+    (1 = the same relative cost everywhere)."""
+    frame = marked.dropna(subset=["ppl_ratio"])
+    table = frame.pivot_table(index=[by, "value"], columns="model", values="ppl_ratio", aggfunc="mean", sort=False)
+    table = table[table.notna().sum(axis=1) >= 2]
+    table["spread"] = table.max(axis=1) / table.min(axis=1)
+    return table.reset_index()
 
 
 # ------------------------------------------------------------------ what this run reduced
@@ -218,3 +241,103 @@ def profile_reductions(P: dict, keys: Sequence[str] = tuple(SETTING_NAMES)) -> p
     rows = [{"setting": SETTING_NAMES.get(k, k), "this run": _setting_text(k, P[k]), "paper": _setting_text(k, paper[k])}
             for k in keys if P[k] != paper[k]]
     return pd.DataFrame(rows, columns=["setting", "this run", "paper"])
+
+
+# ----------------------------------------------------------------- the paper's claims, checked
+def check_claims(summary: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claims about one model's results table (Section 3.5), checked on ``summary``.
+
+    ``summary`` is one model's ``seed_summary`` (or ``as_summary`` of the paper's table): columns
+    ``method``, ``label``, ``lr`` and ``<metric>_mean`` / ``<metric>_std`` for TP, EMT and PPL. A
+    difference is *clear* when it exceeds the sum of the two standard deviations over seeds (a
+    missing std counts as 0). Ties for the lowest value are all "lowest". Claims about UniDetox (and
+    Samples) must hold at every learning rate, so they read the same whatever the number of learning
+    rates (the paper has two; the details give each one's numbers). Returns one row per claim:
+    ``claim``, ``holds`` (bool) and ``detail`` (the numbers behind the verdict).
+    """
+    rows = summary.set_index("label")
+    bases = summary.loc[summary["method"] == "base", "label"].tolist()
+    if len(bases) != 1:
+        raise ValueError(f"summary must have exactly one base-model row, found {len(bases)}.")
+    base = bases[0]
+    by_lr = lambda method: summary[summary["method"] == method].sort_values("lr", ascending=False)["label"].tolist()
+    unidetox, samples = by_lr("unidetox"), by_lr("samples")
+    preprompts = summary.loc[summary["method"].str.startswith("preprompt"), "label"].tolist()
+
+    def lr_text(label):
+        lr = rows.loc[label, "lr"]
+        return "" if pd.isna(lr) else f"lr {float(lr):.0e}: "
+
+    def mean(label, metric):
+        return float(rows.loc[label, f"{metric}_mean"])
+
+    def std(label, metric):
+        value = rows.loc[label, f"{metric}_std"] if f"{metric}_std" in rows.columns else np.nan
+        return 0.0 if pd.isna(value) else float(value)
+
+    def compare(a, b, metric):
+        diff, noise = mean(a, metric) - mean(b, metric), std(a, metric) + std(b, metric)
+        if abs(diff) <= noise:
+            return "within noise of"
+        return "clearly lower than" if diff < 0 else "clearly higher than"
+
+    claims = []
+    for metric, name in (("TP_ID", "TP ID"), ("TP_OOD", "TP OOD")):
+        values = rows[f"{metric}_mean"].astype(float)
+        tied = list(values.index[np.isclose(values, values.min(), rtol=0, atol=1e-9)])
+        shown = ", ".join(tied[:3]) + (f" and {len(tied) - 3} more" if len(tied) > 3 else "")
+        detail = f"lowest: {shown} ({values.min():.2f})"
+        detail += "; the base model ties for lowest" if base in tied else f"; base model {mean(base, metric):.2f}"
+        claims.append(dict(claim=f"UniDetox has the lowest {name}",
+                           holds=any(t in unidetox for t in tied) and base not in tied, detail=detail))
+    for metric, domain in (("TP_ID", "seen (ID)"), ("TP_OOD", "unseen (OOD)")):
+        verdicts = {label: compare(label, base, metric) for label in unidetox}
+        claims.append(dict(claim=f"UniDetox lowers TP on the {domain} domains",
+                           holds=bool(unidetox) and all(v == "clearly lower than" for v in verdicts.values()),
+                           detail=(", ".join(f"{lr_text(u)}{mean(u, metric):.2f} ({v.replace(' than', '').replace(' of', '')})"
+                                             for u, v in verdicts.items()) or "no UniDetox row")
+                                  + f"; base model {mean(base, metric):.2f}"))
+    claims.append(dict(claim="UniDetox keeps perplexity at or below the base model's",
+                       holds=bool(unidetox) and all(mean(u, "PPL") <= mean(base, "PPL") for u in unidetox),
+                       detail=", ".join(f"{lr_text(u)}{mean(u, 'PPL'):.2f}" for u in unidetox)
+                              + f"; base model {mean(base, 'PPL'):.2f}"))
+    for label in preprompts:
+        verdict = compare(label, base, "TP_ID")
+        claims.append(dict(claim=f"{label} does not lower TP ID", holds=verdict != "clearly lower than",
+                           detail=f"{mean(label, 'TP_ID'):.2f}, {verdict} the base model's {mean(base, 'TP_ID'):.2f}"))
+    best = min(unidetox, key=lambda u: mean(u, "TP_ID")) if unidetox else None
+    if samples:
+        verdicts = {label: compare(label, base, "TP_ID") for label in samples}
+        claims.append(dict(
+            claim="Samples lowers TP ID, but less than UniDetox",
+            holds=all(v == "clearly lower than" and best is not None and mean(best, "TP_ID") < mean(s, "TP_ID")
+                      for s, v in verdicts.items()),
+            detail=", ".join(f"{lr_text(s)}{mean(s, 'TP_ID'):.2f} ({v.replace(' than', '').replace(' of', '')})"
+                             for s, v in verdicts.items()) + f"; base model {mean(base, 'TP_ID'):.2f}"
+                   + (f"; best UniDetox {mean(best, 'TP_ID'):.2f}" if best else "")))
+    return pd.DataFrame(claims)
+
+
+def claims_beside(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """``check_claims`` of this run and of the paper's table, one row per claim (outer join on the
+    claim's text): ``claim``, ``paper reports``, ``this run``, ``this run's numbers``."""
+    verdict = {True: "holds", False: "does not hold"}
+    table = paper[["claim", "holds"]].rename(columns={"holds": "paper"}).merge(
+        ours.rename(columns={"holds": "ours"}), on="claim", how="outer", sort=False)
+    order: dict[str, int] = {}
+    for claim in list(paper["claim"]) + list(ours["claim"]):  # the paper's order, then this run's extras
+        order.setdefault(claim, len(order))
+    table = table.sort_values("claim", key=lambda s: s.map(order)).reset_index(drop=True)
+    return pd.DataFrame({
+        "claim": table["claim"],
+        "paper reports": [verdict.get(v, "—") if not pd.isna(v) else "—" for v in table["paper"]],
+        "this run": [verdict.get(v, "—") if not pd.isna(v) else "—" for v in table["ours"]],
+        "this run's numbers": table["detail"].fillna("—"),
+    })
+
+
+def with_dagger(frame: pd.DataFrame) -> list[str]:
+    """``label`` with " †" where ``meets_ppl_rule`` is False (a per-model baseline whose every grid
+    value broke the 1.1 x perplexity ceiling, reported at its lowest-perplexity value)."""
+    return [f"{label} †" if not pd.isna(rule) and str(rule) == "False" else label
+            for label, rule in zip(frame["label"], frame["meets_ppl_rule"])]
