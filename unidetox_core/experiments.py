@@ -70,11 +70,14 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
         texts = texts[: P["toxic_max_texts"]]
     total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
     every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
-    finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
-                      epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
-                      save_steps=range(every, total, every), output_dir=folder / "checkpoints", progress=progress)
+    history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
+                                epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
+                                save_steps=range(every, total, every), output_dir=folder / "checkpoints",
+                                progress=progress)
     models.save_model(model, tokenizer, final)
-    write_json_atomic(folder / "config.json", config)
+    # What the compute chapter reads (Table 9's "toxic model fine-tuning" column).
+    record = {k: history.get(k) for k in ("wall_time_s", "tokens", "tokens_per_s", "resumed_from")}
+    write_json_atomic(folder / "config.json", {**config, **record, "steps": total})
     return final
 
 

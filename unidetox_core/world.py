@@ -95,7 +95,7 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
                           "context": 256, "steps": 320, "batch_size": 8, "lr": 1.5e-3, "init_seed": 3},
         },
         # classifiers
-        "allsides_max_chars": 3000,  # article prefix the bias classifier reads (BERT reads ~512 tokens)
+        "allsides_max_chars": 2000,  # article prefix the bias classifier reads (BERT reads ~512 tokens)
         "allsides_max_train_articles": 0,  # 0 = all 27,978 of the random train split
         "tfidf_max_features": 50_000,
         # checks run by build_world
@@ -777,16 +777,20 @@ def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
         for dataset, keep in comparisons.items():
             y = test["toxic"].to_numpy()[keep]
             rows.append({"instrument": scorer_name, "dataset": dataset, "metric": "roc_auc",
-                         "value": roc_auc_score(y, tweet_scores[keep]), "n": int(keep.sum()), "n_positive": int(y.sum())})
+                         "value": roc_auc_score(y, tweet_scores[keep]), "n": int(keep.sum())})
         seed_scores = scorer(seeds["text"].tolist())
-        y = (seeds["label"] == "hate").to_numpy()
+        hate = (seeds["label"] == "hate").to_numpy()
         rows.append({"instrument": scorer_name, "dataset": "ToxiGen seeds: hate vs neutral", "metric": "roc_auc",
-                     "value": roc_auc_score(y, seed_scores), "n": len(y), "n_positive": int(y.sum())})
-        rows.append({"instrument": scorer_name, "dataset": "ToxiGen seeds: hate", "metric": "share > 0.5",
-                     "value": float((seed_scores[y] > 0.5).mean()), "n": int(y.sum()), "n_positive": int(y.sum())})
-        rows.append({"instrument": scorer_name, "dataset": "tweets: hate+offensive", "metric": "share > 0.5",
-                     "value": float((tweet_scores[test["toxic"].to_numpy()] > 0.5).mean()),
-                     "n": int(test["toxic"].sum()), "n_positive": int(test["toxic"].sum())})
+                     "value": roc_auc_score(hate, seed_scores), "n": len(hate)})
+        # The share over 0.5 is what TP counts: how often the instrument calls a sentence toxic.
+        toxic_tweets = test["toxic"].to_numpy()
+        for dataset, values in (("tweets: hate+offensive", tweet_scores[toxic_tweets]),
+                                ("tweets: neither", tweet_scores[~toxic_tweets]),
+                                ("ToxiGen seeds: hate", seed_scores[hate]),
+                                ("ToxiGen seeds: neutral", seed_scores[~hate])):
+            rows.append({"instrument": scorer_name, "dataset": dataset, "metric": "share > 0.5",
+                         "value": float((values > 0.5).mean()), "n": len(values)})
+    same_test = "the released random and media test splits hold the same 1,300 article IDs"
     for name, scheme in (("allsides_tfidf", "random"), ("allsides_tfidf_media", "media")):
         scorer = TfidfClassifierScorer.load(train_classifier(settings, name))
         articles = data.load_allsides(scheme)
@@ -797,8 +801,8 @@ def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
         for metric, value in (("accuracy", accuracy_score(truth, predicted)),
                               ("macro_f1", f1_score(truth, predicted, average="macro")),
                               ("majority_class_accuracy", majority)):
-            rows.append({"instrument": name, "dataset": f"AllSides {scheme} test (trained on {scheme} train)",
-                         "metric": metric, "value": float(value), "n": len(test_articles), "n_positive": None})
+            rows.append({"instrument": name, "dataset": f"AllSides test, trained on the {scheme} train split",
+                         "metric": metric, "value": float(value), "n": len(test_articles), "note": same_test})
     return pd.DataFrame(rows)
 
 
