@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,10 @@ def test_tuned_settings_targets_reuse_source_and_warn_on_missing_baselines():
     P = load_profile("tiny")
     selected = selected_frame()
     selected.loc[(selected["method"] == "unidetox") & (selected["model"] == TARGET), "value"] = 999  # ignored
-    with pytest.warns(UserWarning, match="lmsteer"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         settings = experiments.tuned_settings(P, selected, TARGET)
+    assert sorted(str(w.message).split()[3] for w in caught) == ["lmsteer", "task_arithmetic"]
     assert sorted(settings.loc[settings["method"] == "unidetox", "value"]) == [2, 4]
     assert settings.loc[settings["method"] == "dexperts", "value"].item() == 2.0
     assert "task_arithmetic" not in set(settings["method"])
@@ -88,10 +91,10 @@ def test_format_and_bold_lowest():
     mmlu = pd.DataFrame({"model": ["m", "m"], "label": ["Base model", "UniDetox"], "MMLU": [25.0, np.nan]})
     display = tables.format_results(summary, ["TP_ID"], ["PPL"], extra=mmlu)
     assert list(display.columns) == ["model", "method", "TP ID", "PPL", "MMLU (%)"]
-    assert display["TP ID"].tolist() == ["0.60 ± 0.10", "0.20 ± 0.10"]
+    assert display["TP ID"].tolist() == ["0.60\u00a0±\u00a00.10", "0.20\u00a0±\u00a00.10"]  # no-break spaces
     assert display["MMLU (%)"].tolist() == ["25.00", "—"]
     html = tables.bold_lowest(display, summary, ["TP_ID"]).to_html()
-    assert html.count("font-weight: bold") == 1 and "0.20 ± 0.10" in html
+    assert html.count("font-weight: bold") == 1 and "0.20\u00a0±\u00a00.10" in html
 
 
 def test_paper_tables_typed_values():
@@ -127,7 +130,7 @@ def test_sensitivity_regions_and_spread():
 def test_paper_numbers_print_like_ours():
     t1 = tables.as_summary(paper_tables.table1())
     display = tables.format_results(t1, tables.TOXICITY, ["PPL", "MMLU"], keys=["label"])
-    assert display.loc[7, "TP ID"] == "0.40 ± 0.00" and display.loc[7, "MMLU (%)"] == "31.42"
+    assert display.loc[7, "TP ID"] == "0.40\u00a0±\u00a00.00" and display.loc[7, "MMLU (%)"] == "31.42"
     t2 = tables.as_summary(paper_tables.table2())
     display = tables.format_results(t2, tables.TOXICITY, [], keys=["model", "label"])
     assert display.loc[0, "TP ID"] == "0.78"  # Table 2: means only

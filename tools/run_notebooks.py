@@ -19,7 +19,8 @@ Before anything runs, the runner checks what it can: every ``-p`` name is a prof
 parameter of a notebook to run (with the type of its default); the models, data sets and scorers
 of the profile are local, cached or reachable (``unidetox_core.preflight``); and the results folder
 holds no results of another configuration (``profile.json``, see ``profiles.check_results_dir``).
-Any problem stops the run with one message naming the parameter or item and the fix.
+Any problem stops the run with one message naming the parameter or item and the fix (a dry run
+prints the problems as warnings and goes on saying what would run).
 
 Caching: a notebook runs again only when its key changed. The key covers the notebook's code and
 Markdown (outputs and papermill's injected cell ignored), its parameters, every source file of

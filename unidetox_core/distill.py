@@ -41,6 +41,7 @@ resumed run identical to an uninterrupted one. (CPU and CUDA generators give dif
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -227,11 +228,12 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
     over, for the mean in the statistics.
 
     Speed (the tokens are those of the plain loop -- a test checks them against a full-prefix
-    recomputation): each model's KV cache gets room for every step up front (``DynamicCache`` would
-    copy itself whole at each step: a quarter of the time at 128 x 256), and the Gumbel noise comes
-    from ``GumbelSampler`` (the generator's own stream, drawn in bulk).
+    recomputation): each model's KV cache is written in place (``DynamicCache`` would copy itself
+    whole at each step: a quarter of the time at 128 x 256) and read by ``generate.fast_decoding``'s
+    attention, and the Gumbel noise comes from ``GumbelSampler`` (the generator's own stream, drawn
+    in bulk).
     """
-    from .generate import preallocate_cache
+    from .generate import fast_decoding, preallocate_cache
 
     device = model_device(base)
     next_ids = torch.full((batch_size, 1), start_id, dtype=torch.long, device=device)
@@ -243,7 +245,9 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
     support_count = torch.zeros((), dtype=torch.long, device=device)
     generated = torch.full((batch_size, max_new_tokens), eos_id, dtype=torch.long, device=device)
     steps = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(sampler.close)
+        stack.enter_context(fast_decoding(*[m for m in (base, toxic) if m is not None]))
         for step in range(max_new_tokens):
             with autocast_context(device, bf16):
                 base_logits = _cached_step(base, next_ids, caches, "base", max_new_tokens - step, preallocate_cache)
@@ -272,8 +276,6 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
             if bool(finished.all()):
                 break
             next_ids = chosen[:, None]
-    finally:
-        sampler.close()
     return {
         "ids": generated[:, :steps].cpu(),
         "lengths": lengths.cpu(),

@@ -240,9 +240,28 @@ def bias_scorer(P: dict):
 
 # ------------------------------------------------------------------------------------- evaluation
 def eval_prompts(P: dict, split: str) -> pd.DataFrame:
+    """The evaluation prompts of ``split`` (a copy: parsed once per profile and split, since every
+    ``evaluate`` call -- even one read back from the cache -- needs them for its key)."""
+    return _eval_prompts(json.dumps(P, sort_keys=True, default=str), split).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_prompts(P_key: str, split: str) -> pd.DataFrame:
     from . import data
 
-    return data.load_eval_prompts(P, split=split)
+    return data.load_eval_prompts(json.loads(P_key), split=split)
+
+
+@functools.lru_cache(maxsize=4)
+def _mmlu_questions(P_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MMLU test questions (subsampled as the profile says) and dev shots, loaded once per profile."""
+    from . import data
+
+    P = json.loads(P_key)
+    test, dev = data.load_mmlu_for(P, "test"), data.load_mmlu_for(P, "dev")
+    if P["mmlu_max_questions"]:
+        test = data.subsample_stratified(test, P["mmlu_max_questions"], seed=0, by="subject")
+    return test, dev
 
 
 def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
@@ -328,11 +347,9 @@ def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -
 def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
     """Few-shot MMLU accuracy of one variant (``mmlu_shots`` shots; ``mmlu_max_questions`` a
     stratified subsample when > 0); normalised (Brown et al.) and unnormalised."""
-    from . import data, metrics
+    from . import metrics
 
-    test, dev = data.load_mmlu_for(P, "test"), data.load_mmlu_for(P, "dev")
-    if P["mmlu_max_questions"]:
-        test = data.subsample_stratified(test, P["mmlu_max_questions"], seed=0, by="subject")
+    test, dev = (frame.copy() for frame in _mmlu_questions(json.dumps(P, sort_keys=True, default=str)))
     config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
     out = _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
     if out.exists():

@@ -77,7 +77,8 @@ def format_results(summary: pd.DataFrame, mean_std: Sequence[str] = TOXICITY, pl
     if mean_std:
         formatted = format_mean_std(summary, list(mean_std), digits=digits)
         for column in mean_std:  # "—" when there is no mean, the mean alone when there is no std
-            out[column] = [("—" if pd.isna(m) else _plain(m, digits) if pd.isna(sd) else text)
+            # No-break spaces keep "0.40 ± 0.01" on one line in narrow table columns.
+            out[column] = [("—" if pd.isna(m) else _plain(m, digits) if pd.isna(sd) else text.replace(" ± ", "\u00a0±\u00a0"))
                            for m, sd, text in zip(summary[f"{column}_mean"], summary[f"{column}_std"], formatted[column])]
     for column in plain:
         out[column] = [_plain(v, digits) for v in summary[f"{column}_mean"]]
