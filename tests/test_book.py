@@ -453,3 +453,14 @@ def test_unchanged_book_is_not_rebuilt(fixture_book, capsys):
     build_book.build_book(root, engine="jupyter-book")
     assert "up to date" in capsys.readouterr().out
     assert time.perf_counter() - started < 10
+
+
+def test_a_notebook_that_has_not_run_says_so():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter {#sec-c}\n\nSee @fig-x."), nbformat.v4.new_code_cell("x = 1")]
+    translated = build_book.translate_notebook(nb)
+    assert build_book.PENDING_MARKER in translated.cells[1].source
+    nb.cells[1].execution_count = 1
+    assert all(build_book.PENDING_MARKER not in c.source for c in build_book.translate_notebook(nb).cells)

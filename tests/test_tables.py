@@ -158,3 +158,26 @@ def test_check_claims_on_the_papers_tables():
     assert list(beside.columns) == ["claim", "paper reports", "this run", "this run's numbers"]
     row = beside.set_index("claim").loc["UniDetox has the lowest TP OOD"]
     assert (row["paper reports"], row["this run"]) == ("holds", "does not hold")  # all tie at 0, base included
+
+
+def test_mark_selected_and_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    grid = pd.DataFrame([
+        dict(method="base", model="m", value=np.nan, lr=np.nan, seed=0, TP_all=0.5, PPL=10.0),
+        dict(method="unidetox", model="m", value=2, lr=1e-3, seed=0, TP_all=0.3, PPL=10.5),
+        dict(method="unidetox", model="m", value=4, lr=1e-3, seed=0, TP_all=0.2, PPL=30.0),
+        dict(method="dexperts", model="m", value=1.0, lr=np.nan, seed=0, TP_all=0.6, PPL=9.0),
+    ])
+    points = tables.grid_points(grid)
+    chosen = pd.DataFrame([dict(model="m", method="unidetox", value=4.0, lr=0.001),
+                           dict(model="m", method="dexperts", value=1.0, lr=np.nan)])
+    points["selected"] = tables.mark_selected(points, chosen)
+    assert points.set_index(["method", "value"])["selected"].to_dict() == {
+        ("dexperts", 1.0): True, ("unidetox", 2.0): False, ("unidetox", 4.0): True}
+    points["series"] = [paper_tables.row_label(m, lr) for m, lr in zip(points["method"], points["lr"])]
+    marked = tables.mark_points(points, pd.Series({"m": 11.0}), tables.base_points(grid))
+    fig = tables.sensitivity_figure(marked, ["m", "absent"], source="m")
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 1 and fig.axes[0].get_title() == "m (source)"
+    assert fig.axes[0].get_xscale() == "linear"

@@ -80,7 +80,7 @@ def test_held_out_and_reserved_text_stay_out_of_the_web_text(settings, profile):
     overlap = set(toxic) & web_tweets
     assert len(overlap) < 0.02 * len(toxic)
     held_out_news = set(documents.loc[(documents["kind"] == "news") & (documents["split"] == "heldout"), "source_id"])
-    articles = data.load_allsides("random").set_index("ID")
+    articles = world.load_articles("random").set_index("ID")
     assert set(articles.loc[list(held_out_news), "split"]) == {"valid"}
 
 
@@ -199,7 +199,7 @@ def test_bias_classifier_beats_chance_on_held_out_articles(settings):
     from unidetox_core.scorers import get_bias_scorer
 
     scorer = get_bias_scorer("allsides_tfidf", path=world.train_classifier(settings, "allsides_tfidf"))
-    articles = data.load_allsides("random")
+    articles = world.load_articles("random")
     test = articles[articles["split"] == "test"]
     predicted = np.array(data.LEANINGS)[scorer(world.allsides_texts(test, settings["allsides_max_chars"])).argmax(1)]
     accuracy = (predicted == test["leaning"].to_numpy()).mean()

@@ -773,8 +773,29 @@ def translate_notebook(nb):
     has_title = any(c.cell_type == "markdown" and re.search(r"^# ", c.source, re.M) for c in cells)
     if title and not has_title:
         cells.insert(0, _new_markdown_cell(f"# {title}", "quarto-title"))
+    if not is_executed(nb):
+        first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"), -1)
+        cells.insert(first_heading + 1, _new_markdown_cell(PENDING_NOTICE, "pending-notice"))
     nb.cells = cells
     return nb
+
+
+PENDING_MARKER = "This chapter has not been executed yet"
+PENDING_NOTICE = f""":::{{warning}} Not executed yet
+{PENDING_MARKER}: its code is shown, but its tables and figures appear only after the notebooks
+run (`make book`, or `python tools/run_notebooks.py --profile mini`). Until then its figure and
+table references have nothing to point to.
+:::"""
+
+
+def is_executed(nb) -> bool:
+    """True when any code cell of the notebook has been run (papermill leaves execution counts)."""
+    return any(c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")) for c in nb.cells)
+
+
+def is_pending_page(page_html: str) -> bool:
+    """A rendered chapter whose notebook was not executed (it carries the pending notice)."""
+    return PENDING_MARKER in page_html
 
 
 # ========================================================================= the Jupyter Book project
@@ -1083,7 +1104,8 @@ def build_with_jupyter_book(root: Path, force: bool = False) -> Path:
     for leftover in raw_syntax_leftovers(html_dir):
         warn(f"raw syntax shown to readers in {leftover}")
     for page in sorted(html_dir.glob("**/*.html")):
-        labels = unresolved_references(page.read_text(encoding="utf-8", errors="replace"))
+        html = page.read_text(encoding="utf-8", errors="replace")
+        labels = [] if is_pending_page(html) else unresolved_references(html)
         if labels:
             warn(f"{page.relative_to(html_dir)}: references to {', '.join(labels)} do not resolve "
                  "(is the notebook executed? python tools/run_notebooks.py)")

@@ -342,3 +342,69 @@ def with_dagger(frame: pd.DataFrame) -> list[str]:
     value broke the 1.1 x perplexity ceiling, reported at its lowest-perplexity value)."""
     return [f"{label} †" if not pd.isna(rule) and str(rule) == "False" else label
             for label, rule in zip(frame["label"], frame["meets_ppl_rule"])]
+
+
+def mark_selected(points: pd.DataFrame, chosen: pd.DataFrame) -> pd.Series:
+    """Which of ``points`` (``grid_points``) are a tuned setting of ``chosen`` (rows of
+    ``experiments.tuned_settings``: ``model``, ``method``, ``value``, ``lr``); a boolean Series."""
+    def keys(frame):
+        return list(zip(frame["model"], frame["method"], pd.to_numeric(frame["value"]).round(6),
+                        pd.to_numeric(frame["lr"]).fillna(-1).round(12)))
+    return pd.Series(keys(points), index=points.index).isin(set(keys(chosen)))
+
+
+def sensitivity_figure(marked: pd.DataFrame, models: Sequence[str], *, source: str | None = None,
+                       factor: float = 1.1, series_order: Sequence[str] | None = None, ncols: int = 2,
+                       name=lambda model: model.split("world:")[-1].split("/")[-1]):
+    """Figure 2's analogue from ``mark_points``' frame (with ``series`` and ``selected`` columns):
+    one panel per model, perplexity (x) against TP (y); one curve per series joining its grid values
+    in increasing ``|value|``, the strongest value written beside its last point; circles on the
+    selected settings, a star on the base model, a dashed line at the tuning ceiling, the lower-left
+    region (TP below the base model's, perplexity <= ``factor`` x the base model's) shaded. A
+    logarithmic x axis where a panel's perplexities span more than 5x. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    models = [m for m in models if m in set(marked["model"])]
+    series_order = list(series_order or dict.fromkeys(marked["series"]))
+    palette = dict(zip(series_order, sns.color_palette("tab10", len(series_order))))
+    ncols = max(1, min(ncols, len(models)))
+    nrows = -(-len(models) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.3 * nrows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        part = marked[marked["model"] == model]
+        base_tp, base_ppl, ceiling = (float(part[c].iloc[0]) for c in ("base_TP", "base_PPL", "ceiling"))
+        if np.isfinite(base_ppl):
+            ax.fill_between([0, factor * base_ppl], 0, base_tp, color="green", alpha=0.08, lw=0)
+            ax.scatter([base_ppl], [base_tp], marker="*", s=220, color="black", zorder=5, label="base model")
+        for series in series_order:
+            line = part[part["series"] == series].assign(order=lambda f: f["value"].abs()).sort_values("order")
+            if line.empty:
+                continue
+            ax.plot(line["PPL"], line["TP"], marker="o", ms=4, lw=1.2, color=palette[series], label=series)
+            last = line.iloc[-1]
+            ax.annotate(f"{last['value']:g}", (last["PPL"], last["TP"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7, color=palette[series])
+            pick = line[line["selected"]]
+            ax.scatter(pick["PPL"], pick["TP"], s=110, facecolors="none", edgecolors=palette[series], linewidths=1.8,
+                       zorder=4)
+        if np.isfinite(ceiling):
+            ax.axvline(ceiling, color="gray", linestyle="--", lw=1)
+        xs = [v for v in (*part["PPL"], base_ppl, ceiling) if np.isfinite(v)]
+        if max(xs) / max(min(xs), 1e-9) > 5:
+            ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.05, max(xs) * 1.05)
+        ax.set_ylim(-0.02, max([*part["TP"], base_tp if np.isfinite(base_tp) else 0]) + 0.05)
+        ax.set(title=name(model) + (" (source)" if model == source else ""), xlabel="perplexity (validation)",
+               ylabel="TP, all domains")
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
+    return fig
