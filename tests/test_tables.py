@@ -91,10 +91,10 @@ def test_format_and_bold_lowest():
     mmlu = pd.DataFrame({"model": ["m", "m"], "label": ["Base model", "UniDetox"], "MMLU": [25.0, np.nan]})
     display = tables.format_results(summary, ["TP_ID"], ["PPL"], extra=mmlu)
     assert list(display.columns) == ["model", "method", "TP ID", "PPL", "MMLU (%)"]
-    assert display["TP ID"].tolist() == ["0.60\u00a0±\u00a00.10", "0.20\u00a0±\u00a00.10"]  # no-break spaces
+    assert display["TP ID"].tolist() == ["0.60±0.10", "0.20±0.10"]
     assert display["MMLU (%)"].tolist() == ["25.00", "—"]
     html = tables.bold_lowest(display, summary, ["TP_ID"]).to_html()
-    assert html.count("font-weight: bold") == 1 and "0.20\u00a0±\u00a00.10" in html
+    assert html.count("font-weight: bold") == 1 and "0.20±0.10" in html
 
 
 def test_paper_tables_typed_values():
@@ -130,7 +130,7 @@ def test_sensitivity_regions_and_spread():
 def test_paper_numbers_print_like_ours():
     t1 = tables.as_summary(paper_tables.table1())
     display = tables.format_results(t1, tables.TOXICITY, ["PPL", "MMLU"], keys=["label"])
-    assert display.loc[7, "TP ID"] == "0.40\u00a0±\u00a00.00" and display.loc[7, "MMLU (%)"] == "31.42"
+    assert display.loc[7, "TP ID"] == "0.40±0.00" and display.loc[7, "MMLU (%)"] == "31.42"
     t2 = tables.as_summary(paper_tables.table2())
     display = tables.format_results(t2, tables.TOXICITY, [], keys=["model", "label"])
     assert display.loc[0, "TP ID"] == "0.78"  # Table 2: means only
@@ -181,3 +181,13 @@ def test_mark_selected_and_figure():
     fig = tables.sensitivity_figure(marked, ["m", "absent"], source="m")
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 1 and fig.axes[0].get_title() == "m (source)"
     assert fig.axes[0].get_xscale() == "linear"
+
+
+def test_eval_prompts_parsed_once_and_copied():
+    P = load_profile("tiny")
+    experiments._eval_prompts.cache_clear()
+    first = experiments.eval_prompts(P, "val")
+    first["text"] = "changed"  # a caller's edit must not reach the next caller
+    second = experiments.eval_prompts(P, "val")
+    assert experiments._eval_prompts.cache_info().hits == 1
+    assert not second["text"].eq("changed").any()

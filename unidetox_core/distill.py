@@ -142,13 +142,19 @@ class GumbelSampler:
         if self.bitgen is None:
             return sample_next_tokens(scores, self.generator, temperature, top_k)
         n_rows, vocab = scores.shape
-        words = self.bitgen.random_raw(2 * n_rows * vocab)  # uint64 holding 32-bit words
         kept = keep_top_k(scores.float(), top_k)
         finite = torch.isfinite(kept)
         if rows is not None:
             finite &= rows[:, None]
         flat = finite.view(-1).nonzero().squeeze(-1)
         self.last_support = int(flat.numel())
+        if 4 * self.last_support > n_rows * vocab:  # dense (plain sampling): torch's own kernel is as fast
+            _write_bitgen_state(self.generator, self.bitgen)
+            noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+            gumbel = -torch.log(noise.exponential_(generator=self.generator))
+            self.bitgen = _bitgen_from(self.generator)
+            return (kept / temperature + gumbel).argmax(dim=-1)
+        words = self.bitgen.random_raw(2 * n_rows * vocab)  # uint64 holding 32-bit words
         values = torch.full((n_rows * vocab,), -math.inf, dtype=torch.float32, device=scores.device)
         if flat.numel():
             index = flat.cpu().numpy()

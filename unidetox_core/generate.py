@@ -29,6 +29,7 @@ import inspect
 import math
 import types
 import warnings
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -446,6 +447,9 @@ def forward_cached(model, ids, mask, positions, *, cache, last_only: bool):
 
 
 CACHE_CHUNK = 16  # KV-cache capacity grows in steps of this many positions (see preallocate_cache)
+# The live buffers of converted caches by address: attention finds the dense buffer behind a view
+# with it (``Tensor._base`` is not kept under ``torch.inference_mode``).
+_BUFFERS: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
 
 
 def preallocate_cache(cache, extra_positions: int) -> bool:
@@ -488,7 +492,8 @@ def _reserve(layer, length: int, needed: int) -> None:
     value_buffer = values.new_zeros(*values.shape[:2], capacity, values.shape[-1])
     key_buffer[:, :, :length] = keys[:, :, :length]
     value_buffer[:, :, :length] = values[:, :, :length]
-    key_buffer._unidetox_capacity = value_buffer._unidetox_capacity = True  # see _capacity_attention
+    _BUFFERS[key_buffer.data_ptr()] = key_buffer  # see _capacity_attention
+    _BUFFERS[value_buffer.data_ptr()] = value_buffer
     layer.keys, layer.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
     layer._unidetox_buffers = (key_buffer, value_buffer)
 
@@ -497,7 +502,7 @@ def _update_in_place(layer, key_states, value_states, *args, **kwargs):
     key_buffer, value_buffer = layer._unidetox_buffers
     start = layer.keys.shape[-2]
     end = start + key_states.shape[-2]
-    if layer.keys._base is not key_buffer or layer.values._base is not value_buffer:
+    if layer.keys.data_ptr() != key_buffer.data_ptr() or layer.values.data_ptr() != value_buffer.data_ptr():
         # The cache was re-indexed (its tensors replaced): back to plain concatenation.
         del layer.update, layer._unidetox_buffers
         return layer.update(key_states, value_states, *args, **kwargs)
@@ -556,12 +561,11 @@ def _capacity_attention(module, query, key, value, attention_mask, dropout: floa
     """Attention of one query token over the whole KV buffer behind ``key``/``value`` (see above)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    key_buffer, value_buffer = key._base, value._base
+    key_buffer, value_buffer = _BUFFERS.get(key.data_ptr()), _BUFFERS.get(value.data_ptr())
     batch, heads, q_len, dim = query.shape
     usable = (
         q_len == 1 and not dropout and key_buffer is not None and value_buffer is not None
-        and getattr(key_buffer, "_unidetox_capacity", False) and getattr(value_buffer, "_unidetox_capacity", False)
-        and key.data_ptr() == key_buffer.data_ptr() and value.data_ptr() == value_buffer.data_ptr()
+        and key.stride() == key_buffer.stride() and value.stride() == value_buffer.stride()
         and key_buffer.shape[:2] == key.shape[:2] and key_buffer.shape[-1] == key.shape[-1]
         and value_buffer.shape[:2] == value.shape[:2] and heads % key.shape[1] == 0
         and all(kwargs.get(name) is None for name in ("softcap", "sliding_window", "s_aux", "sinks", "position_bias"))

@@ -2,7 +2,7 @@
 
 - ``seed_summary``: mean and standard deviation over seeds of every metric, per variant
   (``metrics.mean_std_over_seeds``; population std, as the official code's ``np.std``);
-- ``format_results``: the printed table -- ``"0.40 ± 0.01"`` for TP/EMT (``metrics.format_mean_std``),
+- ``format_results``: the printed table -- ``"0.40±0.01"`` for TP/EMT (``metrics.format_mean_std``),
   plain means for perplexity, Dist-n and MMLU;
 - ``bold_lowest``: a pandas ``Styler`` that puts the lowest mean of each TP/EMT column in bold (per
   model), as the paper's tables do;
@@ -69,7 +69,7 @@ def _plain(value: float, digits: int) -> str:
 def format_results(summary: pd.DataFrame, mean_std: Sequence[str] = TOXICITY, plain: Sequence[str] = QUALITY,
                    extra: pd.DataFrame | None = None, extra_columns: Sequence[str] = ("MMLU",),
                    keys: Sequence[str] = ("model", "label"), digits: int = 2) -> pd.DataFrame:
-    """The printed table: ``keys``, then ``"mean ± std"`` for ``mean_std``, plain means for ``plain``
+    """The printed table: ``keys``, then ``"mean±std"`` for ``mean_std``, plain means for ``plain``
     (``PPL`` with two decimals as the paper prints it), then ``extra_columns`` of ``extra`` (e.g.
     MMLU accuracy in %, merged on ``keys``). Missing values print as "—". Headers as the paper's."""
     keys = list(keys)
@@ -77,8 +77,8 @@ def format_results(summary: pd.DataFrame, mean_std: Sequence[str] = TOXICITY, pl
     if mean_std:
         formatted = format_mean_std(summary, list(mean_std), digits=digits)
         for column in mean_std:  # "—" when there is no mean, the mean alone when there is no std
-            # No-break spaces keep "0.40 ± 0.01" on one line in narrow table columns.
-            out[column] = [("—" if pd.isna(m) else _plain(m, digits) if pd.isna(sd) else text.replace(" ± ", "\u00a0±\u00a0"))
+            # "0.40±0.01", without spaces, stays on one line in narrow table columns.
+            out[column] = [("—" if pd.isna(m) else _plain(m, digits) if pd.isna(sd) else text.replace(" ± ", "±"))
                            for m, sd, text in zip(summary[f"{column}_mean"], summary[f"{column}_std"], formatted[column])]
     for column in plain:
         out[column] = [_plain(v, digits) for v in summary[f"{column}_mean"]]
