@@ -235,7 +235,7 @@ def test_repository_quarto_yml_is_a_book_with_the_planned_chapters():
     config = build_book.load_quarto_config(ROOT)
     chapters = build_book.chapter_paths(config)
     assert chapters[0] == "index.qmd"  # Quarto needs the index beside _quarto.yml; it includes book/index.qmd
-    assert chapters[-2:] == ["book/scorecard.qmd", "book/paper-scale.qmd"]
+    assert chapters[-2:] == ["notebooks/12_scorecard.ipynb", "book/paper-scale.qmd"]
     notebooks = [c for c in chapters if c.endswith(".ipynb")]
     assert notebooks == sorted(notebooks), "notebook chapters run in the order of their numbers"
     assert chapters[1:1 + len(notebooks)] == notebooks and "notebooks/01_data.ipynb" in notebooks
