@@ -66,13 +66,19 @@ def contrastive_scores(base_logprobs: torch.Tensor, toxic_logprobs: torch.Tensor
     log space as ``log p_base < log alpha + max log p_base``. ``alpha = 0`` keeps every token the base
     model can produce; ``alpha = 1`` keeps only its most likely token(s).
     """
+    return _scores_and_plausible(base_logprobs, toxic_logprobs, alpha)[0]
+
+
+def _scores_and_plausible(base_logprobs, toxic_logprobs, alpha: float):
+    """``contrastive_scores`` and the mask of its finite entries (the plausible tokens)."""
     # A token the toxic model rules out entirely would score +inf and break softmax; cap it at the
     # largest finite score instead (it still wins against any ordinary token).
     toxic_logprobs = toxic_logprobs.clamp_min(torch.finfo(toxic_logprobs.dtype).min)
     scores = base_logprobs - toxic_logprobs
     cutoff = math.log(alpha) + base_logprobs.max(dim=-1, keepdim=True).values if alpha > 0 else -math.inf
     implausible = (base_logprobs < cutoff) | torch.isneginf(base_logprobs)
-    return scores.masked_fill(implausible, -math.inf)
+    # log p <= 0, so a plausible token's score is finite: base - toxic <= 0 - finfo.min.
+    return scores.masked_fill(implausible, -math.inf), ~implausible
 
 
 def plausible_only(base_logprobs: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -136,16 +142,19 @@ class GumbelSampler:
             self.bitgen = _bitgen_from(generator)
 
     def __call__(self, scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                 rows: torch.Tensor | None = None) -> torch.Tensor:
+                 rows: torch.Tensor | None = None, finite: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens for every row of ``scores`` (``[rows, vocab]``); ``rows`` (bool) marks the rows whose
-        token is used -- the noise of the others is drawn but not transformed (their token is 0)."""
+        token is used -- the noise of the others is drawn but not transformed (their token is 0).
+        ``finite`` may pass ``torch.isfinite(scores)`` when the caller has it (with ``top_k=0``)."""
+        self.last_support = None
         if self.bitgen is None:
             return sample_next_tokens(scores, self.generator, temperature, top_k)
         n_rows, vocab = scores.shape
         kept = keep_top_k(scores.float(), top_k)
-        finite = torch.isfinite(kept)
+        if finite is None or top_k:
+            finite = torch.isfinite(kept)
         if rows is not None:
-            finite &= rows[:, None]
+            finite = finite & rows[:, None]
         flat = finite.view(-1).nonzero().squeeze(-1)
         self.last_support = int(flat.numel())
         if 4 * self.last_support > n_rows * vocab:  # dense (plain sampling): torch's own kernel is as fast
@@ -155,15 +164,23 @@ class GumbelSampler:
             self.bitgen = _bitgen_from(self.generator)
             return (kept / temperature + gumbel).argmax(dim=-1)
         words = self.bitgen.random_raw(2 * n_rows * vocab)  # uint64 holding 32-bit words
-        values = torch.full((n_rows * vocab,), -math.inf, dtype=torch.float32, device=scores.device)
-        if flat.numel():
+        chosen = np.zeros(n_rows, dtype=np.int64)  # a row without candidates: argmax of all -inf is 0
+        if self.last_support:
             index = flat.cpu().numpy()
             noise = _exponential_from_words(words[2 * index], words[2 * index + 1])
             pad = (-len(noise)) % 64  # whole vector blocks, so torch.log takes its vectorized path throughout
             padded = torch.from_numpy(np.concatenate([noise, np.ones(pad, np.float32)]))
-            gumbel = (-torch.log(padded))[: len(noise)].to(scores.device)
-            values[flat] = kept.view(-1)[flat] / temperature + gumbel
-        return values.view(n_rows, vocab).argmax(dim=-1)
+            gumbel = (-torch.log(padded))[: len(noise)]
+            values = (kept.view(-1)[flat].cpu() / temperature + gumbel).numpy()
+            # argmax per row over its candidates, the first of equal maxima (as torch.argmax does)
+            row = index // vocab
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            best = np.maximum.reduceat(values, starts)
+            is_best = values == np.repeat(best, np.diff(np.r_[starts, len(values)]))
+            first = np.flatnonzero(is_best)
+            first = first[np.r_[True, row[first][1:] != row[first][:-1]]]
+            chosen[row[first]] = index[first] % vocab
+        return torch.from_numpy(chosen).to(scores.device)
 
     def close(self) -> None:
         """Write the numpy stream's position back into the torch generator."""
@@ -264,12 +281,13 @@ def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id:
             base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
             if toxic_logits is None:  # plain sampling: log p_base itself, optionally cut by Eq. 3 alone
                 scores = plausible_only(base_logprobs, alpha) if alpha else base_logprobs
+                plausible = None
             else:  # Eq. 1 + 3
                 toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
-                scores = contrastive_scores(base_logprobs, toxic_logprobs, alpha)
+                scores, plausible = _scores_and_plausible(base_logprobs, toxic_logprobs, alpha)
             live = ~finished
-            chosen = sampler(scores, temperature, top_k, rows=live)  # Eq. 2
-            if sampler.bitgen is not None:
+            chosen = sampler(scores, temperature, top_k, rows=live, finite=plausible)  # Eq. 2
+            if sampler.last_support is not None:
                 support_sum += sampler.last_support
             else:
                 support_sum += (keep_top_k(scores, top_k).isfinite().sum(dim=-1) * live).sum()

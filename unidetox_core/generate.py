@@ -488,10 +488,12 @@ def _reserve(layer, length: int, needed: int) -> None:
     """Move the first ``length`` positions of ``layer`` into buffers with room for ``needed``."""
     keys, values = layer.keys, layer.values
     capacity = max(needed, min(-(-needed // CACHE_CHUNK) * CACHE_CHUNK, layer._unidetox_limit))
-    key_buffer = keys.new_zeros(*keys.shape[:2], capacity, keys.shape[-1])
-    value_buffer = values.new_zeros(*values.shape[:2], capacity, values.shape[-1])
+    key_buffer = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
+    value_buffer = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
     key_buffer[:, :, :length] = keys[:, :, :length]
     value_buffer[:, :, :length] = values[:, :, :length]
+    key_buffer[:, :, length:] = 0  # never read unmasked, but 0 * garbage could be NaN in attention
+    value_buffer[:, :, length:] = 0
     _BUFFERS[key_buffer.data_ptr()] = key_buffer  # see _capacity_attention
     _BUFFERS[value_buffer.data_ptr()] = value_buffer
     layer.keys, layer.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
