@@ -446,10 +446,11 @@ def mmlu_accuracy(
         distinct_ids = [ids[: max(1, limit - len(answer_ids))] for ids in distinct_ids]
     unconditional_by_text = {}
     chunk = batch_size * 4
-    for start in range(0, len(distinct), chunk):
-        texts, ids = distinct[start : start + chunk], distinct_ids[start : start + chunk]
-        (scores,) = score_completions(model, [answer_ids], [ids], pad_id, device)
-        unconditional_by_text.update(zip(texts, scores))
+    by_length = sorted(range(len(distinct)), key=lambda i: len(distinct_ids[i]))  # little padding per chunk
+    for start in range(0, len(by_length), chunk):
+        part = by_length[start : start + chunk]
+        (scores,) = score_completions(model, [answer_ids], [[distinct_ids[i] for i in part]], pad_id, device)
+        unconditional_by_text.update(zip([distinct[i] for i in part], scores))
 
     records = []
     for item, cond in zip(items, conditional):
@@ -484,9 +485,11 @@ def score_completions(
 ) -> list[list[float]]:
     """``log P(completion | context)`` summed over tokens, for several completions of each context.
 
-    Two forward passes for the whole batch: the contexts (left-padded, last position's logits
-    only), then -- after copying each context's KV cache once per completion -- the completions
-    (right-padded, positions continuing each context). An empty completion scores ``-inf``.
+    The contexts run once (left-padded, last position's logits only); then the completions run on
+    copies of their context's KV cache (right-padded, positions continuing each context). Completions
+    are grouped by length first, each group one forward pass on its own copy of the cache, so that a
+    batch of MMLU choices of 2 to 50 tokens is not padded to 50 throughout (the padding cost as much
+    as the real tokens). An empty completion scores ``-inf``.
     """
     device = device or model_device(model)
     ctx_ids, ctx_mask = left_pad(contexts, pad_id, device)
@@ -496,28 +499,84 @@ def score_completions(
     cache = out_cache(out)
     first_logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
-    owner = torch.tensor([q for q, comps in enumerate(completions) for _ in comps], device=device)
+    owners = [q for q, comps in enumerate(completions) for _ in comps]
     flat = [list(c) for comps in completions for c in comps]
-    comp_ids, comp_mask = right_pad(flat, pad_id, device)
-    lengths = comp_mask.sum(-1)
-    token_logprobs = first_logprobs.index_select(0, owner).gather(-1, comp_ids[:, :1])  # first token
-    if comp_ids.shape[1] > 1:
-        cache.batch_select_indices(owner)
+    sums = np.full(len(flat), -np.inf)
+    scored = [i for i, c in enumerate(flat) if c]
+    if scored:
+        index = torch.tensor(scored, device=device)
+        first = first_logprobs.index_select(0, torch.tensor([owners[i] for i in scored], device=device))
+        firsts = first.gather(-1, torch.tensor([[flat[i][0]] for i in scored], device=device)).squeeze(-1)
+        sums[scored] = firsts.double().cpu().numpy()
+    longer = [i for i in scored if len(flat[i]) > 1]
+    groups = _length_groups(longer, [len(c) for c in flat]) if _copyable(cache) else [longer] if longer else []
+    caches = _cache_copies(cache, [[owners[i] for i in group] for group in groups], device)
+    limit = max_positions(model)
+    for group, group_cache in zip(groups, caches):
+        owner = torch.tensor([owners[i] for i in group], device=device)
+        comp_ids, comp_mask = right_pad([flat[i] for i in group], pad_id, device)
         attention = torch.cat([ctx_mask.index_select(0, owner), comp_mask], dim=1)
         comp_positions = positions.index_select(0, owner)[:, -1:] + 1 + torch.arange(comp_ids.shape[1], device=device)
-        limit = max_positions(model)
         if limit is not None:  # padding after a short completion may run past the window; it is masked anyway
             comp_positions = comp_positions.clamp(max=limit - 1)
         with autocast_context(model):
-            out = forward_cached(model, comp_ids, attention, comp_positions, cache=cache, last_only=False)
-        rest = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1).gather(-1, comp_ids[:, 1:, None]).squeeze(-1)
-        token_logprobs = torch.cat([token_logprobs, rest], dim=1)
-    sums = (token_logprobs * comp_mask).sum(-1).masked_fill(lengths == 0, float("-inf")).tolist()
+            out = forward_cached(model, comp_ids[:, :-1], attention[:, :-1], comp_positions[:, :-1], cache=group_cache,
+                                 last_only=False)
+        logits = out.logits.float()  # (rows, width - 1, vocab): predicts tokens 1 .. width - 1
+        targets = comp_ids[:, 1:]
+        token_logprobs = logits.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        rest = (token_logprobs * comp_mask[:, 1:]).sum(-1)
+        sums[group] += rest.double().cpu().numpy()
     result, k = [], 0
     for comps in completions:
-        result.append(sums[k : k + len(comps)])
+        result.append(sums[k : k + len(comps)].tolist())
         k += len(comps)
     return result
+
+
+def _length_groups(rows: list[int], lengths: list[int], waste: float = 0.2, min_rows: int = 8) -> list[list[int]]:
+    """``rows`` sorted by length and cut into groups padded by at most ``waste`` of their real tokens
+    (a group of fewer than ``min_rows`` rows grows anyway: a forward pass has a fixed cost too)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for row in sorted(rows, key=lambda i: lengths[i]):
+        if current and len(current) >= min_rows and lengths[row] * (len(current) + 1) > (1 + waste) * (real + lengths[row]):
+            groups.append(current)
+            current, real = [], 0
+        current.append(row)
+        real += lengths[row]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _copyable(cache) -> bool:
+    """Whether ``_cache_copies`` can split ``cache`` into groups (plain ``DynamicCache`` layers)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _cache_copies(cache, owners: list[list[int]], device) -> list:
+    """One KV cache per group, holding its rows' contexts (``owners``: row of the context per member).
+    A single group reuses ``cache`` (its rows selected in place); several get new ``DynamicCache``s
+    built from the selected tensors (``_copyable`` caches only)."""
+    if len(owners) <= 1:
+        if owners:
+            cache.batch_select_indices(torch.tensor(owners[0], device=device))
+        return [cache]
+    from transformers.cache_utils import DynamicCache
+
+    copies = []
+    for group in owners:
+        index = torch.tensor(group, device=device)
+        copies.append(DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                                   for layer in cache.layers]))
+    return copies
 
 
 def _encode(tokenizer, text: str) -> list[int]:
