@@ -326,11 +326,10 @@ def _sample_batch(
     cache = out_cache(out)
     logits = out.logits[:, -1, :].float()
     if len(unique_keys) != len(prompt_tokens):
-        cache.batch_select_indices(row_to_unique)
         logits = logits.index_select(0, row_to_unique)
     ids, mask = ids.index_select(0, row_to_unique), mask.index_select(0, row_to_unique)
     next_position = positions.index_select(0, row_to_unique)[:, -1] + 1
-    preallocate_cache(cache, max_new_tokens)
+    preallocate_cache(cache, max_new_tokens, rows=row_to_unique if len(unique_keys) != len(prompt_tokens) else None)
 
     rows, prompt_len = ids.shape
     processor = logits_processor_factory(ids, mask) if logits_processor_factory is not None else None
@@ -338,7 +337,6 @@ def _sample_batch(
     sequence = torch.cat([ids, torch.full((rows, max_new_tokens), pad_id, dtype=ids.dtype, device=device)], 1)
     attention = torch.cat([mask, torch.ones((rows, max_new_tokens), dtype=mask.dtype, device=device)], 1)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    steps_done = 0
     with fast_decoding(model):
         steps_done = _decode_steps(model, logits, cache, processor, uniforms, sequence, attention, finished,
                                    next_position, prompt_len, max_new_tokens, temperature, top_p, eos_id, pad_id)
@@ -548,52 +546,78 @@ CACHE_CHUNK = 16  # KV-cache capacity grows in steps of this many positions (see
 _BUFFERS: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
 
 
-def preallocate_cache(cache, extra_positions: int) -> bool:
+def preallocate_cache(cache, extra_positions: int, rows: torch.Tensor | None = None) -> bool:
     """Let every layer of a ``DynamicCache`` take ``extra_positions`` more tokens, written in place.
 
     ``DynamicCache`` concatenates each step's keys and values onto the whole cache, which copies
     all of it every step: on a CPU that copy cost more than the model itself (40% of the time of
     a 3 M-parameter model at 200 rows). Here each layer's tensors become views into zero-filled
-    buffers whose capacity grows ``CACHE_CHUNK`` positions at a time (one copy per 16 steps), up
-    to ``extra_positions`` more than now, and its ``update`` writes the new step into the buffer.
-    ``fast_decoding`` then lets attention read the buffer whole (a dense tensor) instead of the
-    strided view, which CPU matrix products read 2-3x slower. Layers of another kind (sliding
-    windows, quantised, older ``transformers`` without ``cache.layers``) keep their own ``update``;
-    returns whether every layer was converted.
+    buffers whose capacity grows in chunks (``CACHE_CHUNK`` positions, or an eighth of the length
+    when that is more: a copy every 16+ steps, at most 1/8 unused), up to ``extra_positions`` more
+    than now, and its ``update`` writes the new step into the buffer. ``fast_decoding`` then lets
+    attention read the buffer whole (a dense tensor) instead of the strided view, which CPU matrix
+    products read 2-3x slower. ``rows`` (optional) selects and repeats batch rows on the way, as
+    ``cache.batch_select_indices(rows)`` would, without a second copy. Layers of another kind
+    (sliding windows, quantised, older ``transformers`` without ``cache.layers``) keep their own
+    ``update`` (and get ``rows`` selected the usual way); returns whether every layer was converted.
     """
     try:
         from transformers.cache_utils import DynamicLayer
     except ImportError:  # transformers 4.x: tuples of tensors, concatenation stays
+        if rows is not None:
+            cache.batch_select_indices(rows)
         return False
     layers = getattr(cache, "layers", None)
     if not layers:
+        if rows is not None:
+            cache.batch_select_indices(rows)
         return False
     converted = 0
     for layer in layers:
         if type(layer) is not DynamicLayer or not getattr(layer, "is_initialized", False) or layer.keys.dim() != 4:
+            if rows is not None:
+                layer.batch_select_indices(rows)
             continue
         length = layer.keys.shape[-2]
         layer._unidetox_limit = length + max(int(extra_positions), 0)
-        _reserve(layer, length, length)
+        _reserve(layer, length, length, rows)
         layer.update = types.MethodType(_update_in_place, layer)
         converted += 1
     return converted == len(layers)
 
 
-def _reserve(layer, length: int, needed: int) -> None:
-    """Move the first ``length`` positions of ``layer`` into buffers with room for ``needed``."""
+def _reserve(layer, length: int, needed: int, rows: torch.Tensor | None = None) -> None:
+    """Move the first ``length`` positions of ``layer`` (its ``rows``, default all) into buffers with
+    room for ``needed``."""
     keys, values = layer.keys, layer.values
-    capacity = max(needed, min(-(-needed // CACHE_CHUNK) * CACHE_CHUNK, layer._unidetox_limit))
-    key_buffer = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
-    value_buffer = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
-    key_buffer[:, :, :length] = keys[:, :, :length]
-    value_buffer[:, :, :length] = values[:, :, :length]
-    key_buffer[:, :, length:] = 0  # never read unmasked, but 0 * garbage could be NaN in attention
-    value_buffer[:, :, length:] = 0
+    batch = keys.shape[0] if rows is None else len(rows)
+    chunk = max(CACHE_CHUNK, needed // 8)
+    capacity = max(needed, min(-(-needed // chunk) * chunk, layer._unidetox_limit))
+    key_buffer = keys.new_empty(batch, keys.shape[1], capacity, keys.shape[-1])
+    value_buffer = values.new_empty(batch, values.shape[1], capacity, values.shape[-1])
+    for target, source in ((key_buffer, keys), (value_buffer, values)):
+        _copy_rows(target[:, :, :length], source[:, :, :length], rows)
+        target[:, :, length:] = 0  # never read unmasked, but 0 * garbage could be NaN in attention
     _BUFFERS[key_buffer.data_ptr()] = key_buffer  # see _capacity_attention
     _BUFFERS[value_buffer.data_ptr()] = value_buffer
     layer.keys, layer.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
     layer._unidetox_buffers = (key_buffer, value_buffer)
+
+
+def _copy_rows(target: torch.Tensor, source: torch.Tensor, rows: torch.Tensor | None) -> None:
+    """``target[:] = source[rows]``, as broadcast copies of each run of equal rows (the samples of one
+    prompt are adjacent), without the intermediate tensor ``source[rows]`` would be."""
+    if rows is None:
+        target.copy_(source)
+        return
+    index = rows.tolist()
+    start = 0
+    while start < len(index):
+        end = start + 1
+        while end < len(index) and index[end] == index[start]:
+            end += 1
+        target[start:end].copy_(source[index[start] : index[start] + 1].expand(end - start, *source.shape[1:]))
+        start = end
 
 
 def _update_in_place(layer, key_states, value_states, *args, **kwargs):

@@ -480,6 +480,7 @@ def mmlu_accuracy(
     return (summary, per_question) if return_per_question else summary
 
 
+@torch.inference_mode()
 def score_completions(
     model, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int, device=None
 ) -> list[list[float]]:
@@ -504,7 +505,6 @@ def score_completions(
     sums = np.full(len(flat), -np.inf)
     scored = [i for i, c in enumerate(flat) if c]
     if scored:
-        index = torch.tensor(scored, device=device)
         first = first_logprobs.index_select(0, torch.tensor([owners[i] for i in scored], device=device))
         firsts = first.gather(-1, torch.tensor([[flat[i][0]] for i in scored], device=device)).squeeze(-1)
         sums[scored] = firsts.double().cpu().numpy()
