@@ -45,6 +45,7 @@ test: data
 bench: install
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_all.py
 
 clean-book:
 	rm -rf _build

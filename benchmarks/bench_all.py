@@ -546,6 +546,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the module docstring)")
     parser.add_argument("--prompts", type=int, default=None, help="figure 3: prompts (default 24 mini, 6 tiny)")
     parser.add_argument("--ref-tokens", type=int, default=None, help="figure 2: tokens (default 64 mini)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run both sides of every figure under bf16 autocast (CPU default is float32; "
+                             "writes benchmark-bf16.csv)")
     parser.add_argument("--out", default=None, help="CSV path (default results/<profile>/benchmark.csv)")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -576,6 +579,9 @@ def main(argv=None) -> int:
                3: lambda r: figure_evaluation(M, S, r, args.profile, scorer_list),
                4: lambda r: figure_mmlu(M, S, r, args.profile)}
     rows, estimate = [], None
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    if args.bf16:
+        print("  precision: bf16 autocast on both sides of every figure")
     for number in figures:
         loads, runs = [load_now()], []
         if number == 5:
@@ -583,7 +589,8 @@ def main(argv=None) -> int:
             runs.append(run)
         else:
             for repeat in range(S["repeats"]):
-                run = runners[number](repeat)
+                with precision:
+                    run = runners[number](repeat)
                 runs.append(run)
                 loads.append(load_now())
                 print(f"  figure {number} repeat {repeat + 1}: ratio {run['ratio']:.2f} (cpu {run['cpu_ratio']:.2f}), "
@@ -608,7 +615,8 @@ def main(argv=None) -> int:
     for row in rows:
         if row["figure"] != "5b":
             print(one_line(row))
-    out = Path(args.out) if args.out else ROOT / "results" / args.profile / "benchmark.csv"
+    name = "benchmark-bf16.csv" if args.bf16 else "benchmark.csv"
+    out = Path(args.out) if args.out else ROOT / "results" / args.profile / name
     write_csv(rows, out)
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0

@@ -75,8 +75,10 @@ def _scores_and_plausible(base_logprobs, toxic_logprobs, alpha: float):
     # largest finite score instead (it still wins against any ordinary token).
     toxic_logprobs = toxic_logprobs.clamp_min(torch.finfo(toxic_logprobs.dtype).min)
     scores = base_logprobs - toxic_logprobs
-    cutoff = math.log(alpha) + base_logprobs.max(dim=-1, keepdim=True).values if alpha > 0 else -math.inf
-    implausible = (base_logprobs < cutoff) | torch.isneginf(base_logprobs)
+    if alpha > 0:  # a finite cutoff, below which -inf lies too
+        implausible = base_logprobs < math.log(alpha) + base_logprobs.max(dim=-1, keepdim=True).values
+    else:
+        implausible = torch.isneginf(base_logprobs)
     # log p <= 0, so a plausible token's score is finite: base - toxic <= 0 - finfo.min.
     return scores.masked_fill(implausible, -math.inf), ~implausible
 
