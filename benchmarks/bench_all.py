@@ -404,8 +404,17 @@ def rss_child(profile: str, prompts: int, threads: int) -> None:
     scorer_list, _ = toxicity_scorers(profile)
     P = profiles.load_profile(profile)
     evaluation_ours(M, fitting_prompts(M, profile, prompts), scorer_list, P, seed=0)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"max_rss_mb": peak_kb / 1024}))
+    print(json.dumps({"max_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (reset by ``exec``; ``ru_maxrss`` is not, so in a
+    child started by a large parent it reports the parent's size)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_rss(profile: str, prompts: int, threads: int) -> float:
