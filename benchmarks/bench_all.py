@@ -495,7 +495,7 @@ FIGURES = {
     2: ("distillation vs official pattern", "positions/s", "ratio >= 3"),
     3: ("evaluation vs per-prompt loop", "rows/s", "ratio >= 5"),
     4: ("MMLU batched vs per-choice", "questions/s", "ratio >= 3"),
-    5: ("peak RSS of the mini evaluation", "MB", "<= 4096 MB"),
+    5: ("peak RSS of the evaluation (fresh process)", "MB", "<= 4096 MB"),
 }
 
 
