@@ -79,6 +79,8 @@ def test_held_out_and_reserved_text_stay_out_of_the_web_text(settings, profile):
     # A reserved tweet may share its *text* with a web tweet only when the data set has duplicates.
     overlap = set(toxic) & web_tweets
     assert len(overlap) < 0.02 * len(toxic)
+    # The profile's toxic corpus ("world") is this reserved half, not every toxic tweet.
+    assert profile["toxic_corpus"] == "world" and data.load_toxic_texts(profile) == toxic
     held_out_news = set(documents.loc[(documents["kind"] == "news") & (documents["split"] == "heldout"), "source_id"])
     articles = world.load_articles("random").set_index("ID")
     assert set(articles.loc[list(held_out_news), "split"]) == {"valid"}
@@ -116,7 +118,7 @@ def changed(key, value):
 def test_every_parameter_changes_a_cache_key(settings, profile):
     base = all_step_keys(settings, profile)
     for key, value in settings.items():
-        if key in ("profile", "cache_dir", "results_dir", "models", "threads"):  # threads: speed only
+        if key in ("profile", "cache_dir", "results_dir", "models", "threads", "workers"):  # speed only
             continue
         other = all_step_keys(world.world_settings(profile, **{key: changed(key, value)}), profile)
         assert other != base, f"changing {key} changes no cache key"

@@ -25,7 +25,10 @@ _COMMON: dict[str, Any] = {
     "seeds": [0, 1, 2, 3, 4],  # five evaluation runs, mean and std (Tables 1-2)
     # data
     "data_source": "mirror",  # "hub" (datasets.load_dataset) or "mirror" (the offline stand-ins)
-    "toxic_corpus": "davidson",  # "dghs" on the paper profile
+    # "world": the Davidson hate/offensive train tweets the mini world reserved (never in its web
+    # text, so the toxic model learns something the base has not seen); "davidson": all of them;
+    # "dghs" on the paper profile.
+    "toxic_corpus": "world",
     "eval_prompts": "toxigen_seed",  # "toxigen_annotated" on the paper profile
     "n_val_prompts": 0,  # 0 = all prompts of the split
     "n_test_prompts": 0,
@@ -225,7 +228,8 @@ _RULES: dict[str, tuple[Any, str]] = {
                     "must be a non-empty list of positive step counts (e.g. [100, 200])"),
     "detox_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
     "data_source": (lambda v: v in ("hub", "mirror"), "must be 'hub' (paper) or 'mirror' (offline)"),
-    "toxic_corpus": (lambda v: v in ("dghs", "davidson"), "must be 'dghs' (hub) or 'davidson' (offline)"),
+    "toxic_corpus": (lambda v: v in ("dghs", "davidson", "world"),
+                     "must be 'dghs' (hub), 'world' (the mini world's reserved toxic tweets) or 'davidson' (all of them)"),
     "eval_prompts": (lambda v: v in ("toxigen_annotated", "toxigen_seed"),
                      "must be 'toxigen_annotated' (hub) or 'toxigen_seed' (offline)"),
 }

@@ -33,6 +33,15 @@ only what depends on it (the tweet share, say, keeps the tokenizers but retrains
 Model training checkpoints into ``<cache_dir>/world/train-<name>-<key>`` and resumes from there
 after an interruption. A step is complete when its ``world.json`` (or its file) exists: it is
 written last, atomically.
+
+**Cost and reproducibility.** :func:`build_world` runs the data steps in this process, then
+trains the four models and the classifiers in two single-threaded worker processes (one per
+core). Measured from an empty cache on the shared 2-core machine (load average 1.4-2.2): 21 min
+wall, 34 CPU-minutes (``results/mini/world/build_fresh.json``, ``build_times.csv``). With one torch
+thread per process the BPE tokenizer and the GPT-2, OPT and evaluator weights come out
+bit-identical in every fresh build; the ``tokenizers`` Unigram trainer is not deterministic (same
+8,000 pieces, scores differing by up to 0.003 between runs), so ``llama-unigram`` differs slightly
+from build to build (held-out news perplexity 441.6 vs 442.0 in two builds).
 """
 
 from __future__ import annotations
@@ -70,11 +79,19 @@ TWEET_MARKERS = re.compile(r"@user|\bRT\b|#\w|\bhttp\b")
 WORLD_SETTINGS: dict[str, dict[str, Any]] = {
     "mini": {
         "seed": 0,
-        "threads": "auto",  # torch threads while training and measuring; see torch_threads (not in any key)
+        # One torch thread per training process, always: the result then does not depend on the
+        # machine (a different thread count sums floats in another order, and the weights differ),
+        # and on a busy CPU one thread is also the fastest; workers use the other core.
+        "threads": 1,  # torch threads while training and measuring; see torch_threads (not in any key)
+        "workers": "auto",  # processes that train models side by side; see train_in_parallel (not in any key)
         # corpus
         "news_chars": 11_000_000,  # AllSides train articles drawn (in seeded order) for the stream
         "toxic_reserve_fraction": 0.5,  # share of toxic training tweets kept for the toxic corpus
-        "tweet_token_share": 0.04,  # share of the training tokens that are tweet threads (calibrated)
+        # Share of the training tokens that are tweet threads, calibrated on the source model's
+        # validation TP (results/mini/world/mix_calibration.csv): 0.02 -> 0.31, 0.04 -> 0.57,
+        # 0.08 -> 0.84. 0.04 lands in the target 0.35-0.65, near GPT-2 XL's 0.53, with 9% of BOS
+        # samples tweet-like (threads are 21% of the documents: short ones, many starts).
+        "tweet_token_share": 0.04,
         "tweets_per_thread": 10,
         "train_tokens": 2_000_000,  # BPE tokens in the packed training stream
         "block_tokens": 252,  # tokens per training block: 4 below the context, see pack_blocks
@@ -93,7 +110,7 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
             "llama-unigram": {"arch": "llama", "tokenizer": "unigram", "d_model": 256, "n_layer": 4, "n_head": 4,
                               "context": 256, "steps": 480, "batch_size": 8, "lr": 2e-3, "init_seed": 2},
             "evaluator": {"arch": "llama", "tokenizer": "bpe", "d_model": 384, "n_layer": 5, "n_head": 6,
-                          "context": 256, "steps": 320, "batch_size": 8, "lr": 1.5e-3, "init_seed": 3},
+                          "context": 256, "steps": 480, "batch_size": 8, "lr": 1.5e-3, "init_seed": 3},
         },
         # classifiers
         "allsides_max_chars": 2000,  # article prefix the bias classifier reads (BERT reads ~512 tokens)
@@ -105,7 +122,8 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "seed": 0,
-        "threads": "auto",
+        "threads": 1,
+        "workers": 1,  # toy models: starting worker processes would take longer than the training
         "news_chars": 150_000,
         "toxic_reserve_fraction": 0.5,
         "tweet_token_share": 0.05,
@@ -127,8 +145,8 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
             "evaluator": {"arch": "llama", "tokenizer": "bpe", "d_model": 48, "n_layer": 2, "n_head": 2,
                           "context": 64, "steps": 30, "batch_size": 8, "lr": 3e-3, "init_seed": 3},
         },
-        "allsides_max_chars": 600,
-        "allsides_max_train_articles": 3000,
+        "allsides_max_chars": 400,
+        "allsides_max_train_articles": 2000,
         "tfidf_max_features": 5_000,
         "bos_samples": 4,
         "bos_sample_tokens": 8,
@@ -140,10 +158,14 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
 def torch_threads(threads: int | str = "auto"):
     """Run the block with ``threads`` intra-op threads, then restore the previous number.
 
-    ``"auto"`` uses every core when the machine is quiet but **one** thread when the 1-minute load
-    average shows other work: on the shared 2-core machine, under a load average of ~6, one thread
-    trained the 5 M GPT-2 2.6x faster than two (2,272 vs 876 tokens/s), because two OpenMP threads
-    that keep waiting for each other on a busy CPU spend most of their time idle.
+    The world trains with one thread per process (``threads: 1``), for two measured reasons:
+    on the shared 2-core machine, under a load average of ~6, one thread trained the 5 M GPT-2
+    2.6x faster than two (2,272 vs 876 tokens/s: two OpenMP threads that keep waiting for each
+    other on a busy CPU spend most of their time idle); and the thread count changes the order in
+    which floats are summed, so the same settings trained with 1 and 2 threads give different
+    weights (max difference 0.05 after 30 tiny steps) -- with a fixed count they are bit-identical.
+    ``"auto"`` (every core when the 1-minute load average is low, else one) is there for speed
+    experiments, not for building the cached world.
     """
     import torch
 
@@ -908,8 +930,9 @@ def source_check(settings: dict, profile_values: dict, progress: bool = True) ->
 def build_world(profile_values: dict | str, progress: bool = True, report: bool = True, **overrides) -> dict[str, str]:
     """Build (or find in the cache) everything of the profile's world; returns ``name -> path``.
 
-    Order: corpus, tokenizers, packed blocks, the four models, the two classifiers. With
-    ``report`` (default) it also measures the source model's validation TP and BOS samples, the
+    First the data steps in this process (corpus, tokenizers, stream, packed blocks), then the four
+    models and the classifiers in ``workers`` processes (see :func:`train_in_parallel`). With
+    ``report`` (default) it also measures the source model's validation TP and BOS samples and the
     classifiers' quality, and writes the tables of chapter 2 under ``<results_dir>/world/``.
     """
     from tqdm.auto import tqdm
@@ -924,22 +947,93 @@ def build_world(profile_values: dict | str, progress: bool = True, report: bool 
     steps.append(("stream", lambda: build_stream(settings, progress)))
     for kind in ("bpe", "unigram"):
         steps.append((f"blocks-{kind}", lambda kind=kind: build_blocks(settings, kind, progress)))
-    for name in settings["models"]:
-        steps.append((name, lambda name=name: train_world_model(settings, name, progress)))
-    for name in ("davidson_tfidf", "allsides_tfidf"):
-        steps.append((name, lambda name=name: train_classifier(settings, name, progress)))
-    if report:
-        steps.append(("allsides_tfidf_media", lambda: train_classifier(settings, "allsides_tfidf_media", progress)))
-    bar = tqdm(steps, desc="world", unit="step", disable=not progress)
-    for name, run in bar:
-        bar.set_postfix_str(name)
+    for name, run in tqdm(steps, desc="world data", unit="step", disable=not progress):
         paths[name] = str(_timed(run, name, times))
+    trained = list(settings["models"]) + ["davidson_tfidf", "allsides_tfidf"] + (["allsides_tfidf_media"] if report else [])
+    paths.update(train_in_parallel(settings, trained, progress, times))
     if report:
         _timed(lambda: source_check(settings, profile, progress), "source_check", times)
         _timed(lambda: write_world_report(settings, profile, progress), "world_report", times)
         write_csv_atomic(merge_build_times(times, results_dir(settings) / "build_times.csv"),
                          results_dir(settings) / "build_times.csv")
     return paths
+
+
+# Rough single-core costs of the mini steps (CPU seconds measured on the shared machine): the
+# parallel build starts the longest first so the workers finish together.
+_COST_ORDER = ("evaluator", "llama-unigram", "gpt2-bpe", "opt-bpe", "allsides_tfidf_media", "allsides_tfidf",
+               "davidson_tfidf")  # ~740, 410, 400, 380, 55, 55, 17 CPU seconds on the mini profile
+
+
+def train_in_parallel(settings: dict, names: list[str], progress: bool, times: list[dict]) -> dict[str, str]:
+    """Train world models and classifiers, ``settings["workers"]`` at a time, each in its own
+    process with **one** torch thread.
+
+    Why processes: a 2-core CPU is best used by two single-threaded trainings side by side. One
+    training with two threads gains little at these sizes and, when anything else runs, loses a
+    lot (OpenMP threads wait for each other; see :func:`torch_threads`). ``workers`` 1 trains in
+    this process instead, one step after another, with ``threads`` threads.
+
+    The workers are *spawned* (a fork would copy this process's torch and tokenizer thread pools):
+    a script that calls :func:`build_world` needs the usual ``if __name__ == "__main__":`` guard,
+    as the command line and notebooks already have.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    todo = [n for n in names if not _is_built(settings, n)]
+    paths = {n: str(_step_output(settings, n)) for n in names if n not in todo}
+    for name in names:
+        if name not in todo:
+            times.append({"step": name, "seconds": 0.0, "cpu_seconds": 0.0, "load_avg_1min_start": None,
+                          "load_avg_1min_end": None})
+    workers = settings["workers"]
+    workers = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+    workers = max(1, min(workers, len(todo)))
+    if workers == 1:
+        for name in tqdm(todo, desc="world models", unit="step", disable=not progress):
+            paths[name] = str(_timed(lambda name=name: _build_one(settings, name, progress, settings["threads"]), name, times))
+        return paths
+    todo.sort(key=lambda n: _COST_ORDER.index(n) if n in _COST_ORDER else -1)
+    bar = tqdm(total=len(todo), desc=f"world models ({workers} processes)", unit="step", disable=not progress)
+    # spawn, not fork: a forked child would inherit this process's torch thread pool and locks.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_build_one_timed, settings, name): name for name in todo}
+        for future in as_completed(futures):
+            name = futures[future]
+            path, row = future.result()
+            paths[name] = path
+            times.append(row)
+            bar.set_postfix_str(f"{name} {row['seconds']:.0f} s")
+            bar.update(1)
+    bar.close()
+    return paths
+
+
+def _is_built(settings: dict, name: str) -> bool:
+    path = _step_output(settings, name)
+    return path.exists() if path.suffix == ".joblib" else (path / "world.json").exists()
+
+
+def _step_output(settings: dict, name: str) -> Path:
+    if name in settings["models"]:
+        return step_path(settings, name, model_config(settings, name))
+    return step_path(settings, name, classifier_config(settings, name), ".joblib")
+
+
+def _build_one(settings: dict, name: str, progress: bool, threads) -> Path:
+    if name in settings["models"]:
+        return train_world_model({**settings, "threads": threads}, name, progress)
+    return train_classifier(settings, name, progress)
+
+
+def _build_one_timed(settings: dict, name: str) -> tuple[str, dict]:
+    """One build step in a worker process (single-threaded, no progress bar); path and timing."""
+    times: list[dict] = []
+    path = _timed(lambda: _build_one(settings, name, False, 1), name, times)
+    return str(path), times[0]
 
 
 def merge_build_times(times: list[dict], path: Path) -> pd.DataFrame:
