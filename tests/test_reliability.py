@@ -730,6 +730,18 @@ def test_runner_stops_the_paper_profile_offline_with_one_message_and_no_tracebac
     assert not (chain / "results").exists()  # nothing ran, nothing was claimed
 
 
+def test_distilled_length_beyond_the_world_source_context_is_refused_before_anything_runs(tmp_path):
+    chain = tmp_path / "chain"
+    shutil.copytree(FIXTURES / "chain", chain)
+    done = subprocess.run([sys.executable, str(ROOT / "tools/run_notebooks.py"), "--root", str(chain), "--profile",
+                           "tiny", "-p", "distill_max_new_tokens", "64"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    # The tiny world's source model has 64 positions; the start token takes one.
+    assert ("distill_max_new_tokens=64 does not fit the source model world:gpt2-bpe: it has 64 positions and the start "
+            "token takes one; use distill_max_new_tokens <= 63.") in done.stderr
+    assert not (chain / "results").exists()
+
+
 def test_paper_profile_with_local_model_folders_checks_their_files(offline, tmp_path, capsys):
     chain = tmp_path / "chain"
     shutil.copytree(FIXTURES / "chain", chain)

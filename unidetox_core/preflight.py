@@ -80,6 +80,8 @@ def missing_sources(values: dict) -> list[str]:
             if problem:
                 problems.append(problem)
 
+    problems.extend(_world_context_problems(values))
+
     if values.get("data_source") == "hub":
         wanted = [(setting, repo) for setting, (value, repo) in HUB_DATASETS.items() if values.get(setting) == value]
         wanted.append(("MMLU", MMLU_DATASET))
@@ -108,6 +110,23 @@ def missing_sources(values: dict) -> list[str]:
                 "folder to scorers.PoliticalBiasBertScorer; or use bias_scorer='allsides_tfidf' (offline)."
             )
     return problems
+
+
+def _world_context_problems(values: dict) -> list[str]:
+    """Distillation starts from the start token, so the world's source model must hold
+    1 + distill_max_new_tokens positions; checked from the world's settings before anything runs."""
+    if values.get("profile") not in ("mini", "tiny") or "distill_max_new_tokens" not in values:
+        return []
+    from .world import world_settings
+
+    models = world_settings(values)["models"]
+    wanted = int(values["distill_max_new_tokens"])
+    name = values.get("source_model") or ""  # the one model that distils
+    spec = models.get(name.removeprefix("world:")) if name.startswith("world:") else None
+    if spec and wanted + 1 > spec["context"]:
+        return [f"distill_max_new_tokens={wanted} does not fit the source model {name}: it has {spec['context']} "
+                f"positions and the start token takes one; use distill_max_new_tokens <= {spec['context'] - 1}."]
+    return []
 
 
 def format_problems(problems: list[str], profile: str) -> str:
