@@ -68,3 +68,28 @@ def test_evaluate_method_names_rows_for_the_tuning_rule(P):
     rows = pd.DataFrame([base, steer, E.evaluate_method(P, B.LMSTEER, model, -2.0)])
     chosen = B.select_baseline(rows, B.LMSTEER, model, ppl_ceiling=float("inf"))
     assert chosen["value"] in (-1.0, -2.0) and bool(chosen["meets_ppl_rule"])
+
+
+def test_mmlu_applies_the_preprompt_and_dexperts(P, tiny_gpt2_toxic_path):
+    """The pre-prompted variant is the base model with the pre-prompt before every MMLU prompt, the
+    DExperts one the base model scored against the toxic model; both are reported, not left out."""
+    import json
+
+    import pandas as pd
+
+    from unidetox_core import metrics
+
+    model = P["source_model"]
+    test, dev = E._mmlu_questions(json.dumps(P, sort_keys=True, default=str))
+    base_model, tokenizer = E._load_cached(model)
+    anti_expert, _ = E._load_cached(str(tiny_gpt2_toxic_path))
+    dexperts = E.variant("dexperts", model, E.resolve_model(P, model), "beta", 1.0, toxic=str(tiny_gpt2_toxic_path))
+    for spec, applied in ((E.method_variant(P, B.PREPROMPT_SHORT, model), dict(prefix=B.SAFETY_PREPROMPTS["short"])),
+                          (dexperts, dict(anti_expert=anti_expert, beta=1.0))):
+        result = E.mmlu(P, spec, progress=False)
+        direct = metrics.mmlu_accuracy(base_model, tokenizer, test, dev, k_shot=P["mmlu_shots"], **applied)
+        assert math.isfinite(result["acc_normalized"]) and result["n_questions"] == len(test)
+        assert (result["acc_normalized"], result["acc_unnormalized"]) == (direct["acc_normalized"], direct["acc_unnormalized"])
+    settings = pd.DataFrame({"method": [B.BASE, B.PREPROMPT_LONG], "model": model, "value": math.nan, "lr": math.nan,
+                             "label": ["Base model", "PrePrompt Long"]})
+    assert E.mmlu_settings(P, settings, progress=False)["MMLU"].notna().all()

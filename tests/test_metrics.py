@@ -239,3 +239,109 @@ def test_mmlu_fits_questions_longer_than_the_model_window(tiny_gpt2):
     questions = pd.DataFrame({"subject": ["s"], "question": [long], "choices": [[long, "a", "b", "c"]], "answer": [1]})
     result = metrics.mmlu_accuracy(model, tok, questions, questions, k_shot=1, max_length=32)
     assert 0.0 <= result["acc_normalized"] <= 1.0
+
+
+# ------------------------------------------------------------------ MMLU with PrePrompt and DExperts
+PREFIX = "Say good things about the world.\n"  # short enough for the tiny window with a shot
+
+
+def shots_of(dev, subject, k):
+    return [(r.question, r.choices[r.answer]) for r in dev[dev.subject == subject].itertuples()][:k]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_mmlu_prefix_equals_per_choice_loop_on_the_prefixed_prompt(fixture, request):
+    model, tok = request.getfixturevalue(fixture)
+    questions, dev = mmlu_frames()
+    summary, per_question = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, batch_size=2, prefix=PREFIX,
+                                                  return_per_question=True)
+    assert summary["n_truncated"] == 0
+    for index, row in questions.iterrows():
+        prompt = PREFIX + metrics.mmlu_prompt(row.question, shots_of(dev, row.subject, 1))
+        conditional = per_choice_loop(model, tok, prompt, row.choices)
+        # The pre-prompted model always sees its pre-prompt, in the normalising context too.
+        unconditional = per_choice_loop(model, tok, PREFIX + "Answer:", row.choices)
+        assert per_question.logprob_conditional[index] == pytest.approx(conditional, rel=1e-4, abs=1e-4)
+        assert per_question.logprob_answer_context[index] == pytest.approx(unconditional, rel=1e-4, abs=1e-4)
+
+
+def test_mmlu_keeps_the_prefix_when_shots_and_question_tokens_are_dropped(tiny_gpt2):
+    from unidetox_core.baselines import SAFETY_PREPROMPTS
+
+    _, tok = tiny_gpt2
+    questions, dev = mmlu_frames()
+    prefix = SAFETY_PREPROMPTS["short"]
+    prefix_ids = tok(prefix).input_ids
+    completions = [" " + c for c in questions.choices[0]]
+    question, shots = questions.question[0], shots_of(dev, "news", 2)
+    without_shots = len(tok(prefix + metrics.mmlu_prompt(question)).input_ids)
+    # Room for the pre-prompt and the question but no shot: the shots go, the pre-prompt stays.
+    limit = without_shots + max(len(tok(c).input_ids) for c in completions) + 1
+    context, _, n_shots, truncated = metrics._fit_mmlu_prompt(tok, question, shots, completions, limit, prefix)
+    assert (n_shots, truncated) == (0, True) and context == tok(prefix + metrics.mmlu_prompt(question)).input_ids
+    # Less room still: the question loses its first tokens, the pre-prompt none and the prompt keeps its end.
+    context, choices, _, _ = metrics._fit_mmlu_prompt(tok, question, shots, completions, limit - 10, prefix)
+    assert context[: len(prefix_ids)] == prefix_ids and len(context) + max(map(len, choices)) <= limit - 10
+    assert context[-3:] == tok(prefix + metrics.mmlu_prompt(question)).input_ids[-3:]
+
+
+def dexperts_choice_loop(model, anti_expert, tok, context, choices, beta):
+    """The brute-force reference: each choice's whole sequence through both models, the two rows of
+    log-probabilities combined at every position, re-normalised, read at the choice's tokens."""
+    context_ids = tok(context).input_ids
+    scores = []
+    for choice in choices:
+        whole = tok(context + " " + choice).input_ids
+        assert whole[: len(context_ids)] == context_ids
+        with torch.no_grad():
+            base = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+            anti = torch.log_softmax(anti_expert(torch.tensor([whole])).logits[0].float(), -1)
+        combined = torch.log_softmax((1 + beta) * base - beta * anti, -1)
+        scores.append(sum(combined[t - 1, whole[t]].item() for t in range(len(context_ids), len(whole))))
+    return scores
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_mmlu_dexperts_batched_equals_brute_force(tiny_gpt2, tiny_gpt2_toxic, beta):
+    model, tok = tiny_gpt2
+    anti_expert, _ = tiny_gpt2_toxic
+    questions, dev = mmlu_frames()
+    # Choices of 1 to 6 tokens, 12 rows per batch: several length groups, each on its own cache copy.
+    questions = questions.assign(choices=[["young", "good news", "the bad team said", "city"]] * 3)
+    _, per_question = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, batch_size=3, anti_expert=anti_expert,
+                                            beta=beta, return_per_question=True)
+    _, plain = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, batch_size=3, return_per_question=True)
+    for index, row in questions.iterrows():
+        prompt = metrics.mmlu_prompt(row.question, shots_of(dev, row.subject, 1))
+        conditional = dexperts_choice_loop(model, anti_expert, tok, prompt, row.choices, beta)
+        unconditional = dexperts_choice_loop(model, anti_expert, tok, "Answer:", row.choices, beta)
+        assert per_question.logprob_conditional[index] == pytest.approx(conditional, rel=1e-5, abs=1e-5)
+        assert per_question.logprob_answer_context[index] == pytest.approx(unconditional, rel=1e-5, abs=1e-5)
+        assert per_question.logprob_conditional[index] != pytest.approx(plain.logprob_conditional[index], abs=1e-2)
+
+
+def test_mmlu_dexperts_beta_zero_is_the_plain_model_exactly(tiny_gpt2, tiny_gpt2_toxic):
+    model, tok = tiny_gpt2
+    questions, dev = mmlu_frames()
+    _, plain = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, return_per_question=True)
+    _, zero = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, anti_expert=tiny_gpt2_toxic[0], beta=0.0,
+                                    return_per_question=True)
+    for column in ("logprob_conditional", "logprob_answer_context"):
+        assert np.array_equal(np.stack(zero[column].to_numpy()), np.stack(plain[column].to_numpy()))
+
+
+def test_mmlu_rejects_bad_method_arguments(tiny_gpt2, tiny_gpt2_toxic, tiny_llama):
+    model, tok = tiny_gpt2
+    anti_expert, _ = tiny_gpt2_toxic
+    questions, dev = mmlu_frames()
+    with pytest.raises(ValueError, match="prefix=3"):
+        metrics.mmlu_accuracy(model, tok, questions, dev, prefix=3)
+    with pytest.raises(ValueError, match=r"beta=-1\.0 is negative"):
+        metrics.mmlu_accuracy(model, tok, questions, dev, anti_expert=anti_expert, beta=-1.0)
+    with pytest.raises(ValueError, match="beta=nan"):
+        metrics.mmlu_accuracy(model, tok, questions, dev, anti_expert=anti_expert, beta=float("nan"))
+    with pytest.raises(ValueError, match="needs anti_expert="):
+        metrics.mmlu_accuracy(model, tok, questions, dev, beta=1.0)
+    assert tiny_llama[0].get_output_embeddings().weight.shape[0] != anti_expert.get_output_embeddings().weight.shape[0]
+    with pytest.raises(ValueError, match="anti_expert scores"):
+        metrics.mmlu_accuracy(model, tok, questions, dev, anti_expert=tiny_llama[0], beta=1.0)

@@ -346,20 +346,45 @@ def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -
 
 def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
     """Few-shot MMLU accuracy of one variant (``mmlu_shots`` shots; ``mmlu_max_questions`` a
-    stratified subsample when > 0); normalised (Brown et al.) and unnormalised."""
+    stratified subsample when > 0); normalised (Brown et al.) and unnormalised.
+
+    The methods that act through the prompt or the decoding step are applied as in ``evaluate``
+    (``mmlu_method``): the pre-prompt goes in front of every MMLU prompt, DExperts scores the answers
+    under its combined distribution; the others change the model itself."""
     from . import metrics
 
     test, dev = (frame.copy() for frame in _mmlu_questions(json.dumps(P, sort_keys=True, default=str)))
     config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
+    applied = mmlu_method(spec)
+    if applied:  # only then, so that the other variants keep their cached results
+        # Earlier versions scored these variants' bare model under the same spec: a new key.
+        config["applied"] = applied
     out = _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
     if out.exists():
         return json.loads(out.read_text())
     with build_variant(P, spec) as (model, tokenizer, _):
-        result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress)
+        if "anti_expert" in applied:  # the toxic model build_variant loaded too: _load_cached holds it
+            applied = {**applied, "anti_expert": _load_cached(applied["anti_expert"])[0]}
+        result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress,
+                                       **applied)
     result = {k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in result.items()
               if not isinstance(v, pd.DataFrame)}
     write_json_atomic(out, result)
     return result
+
+
+def mmlu_method(spec: dict) -> dict:
+    """The keywords of ``metrics.mmlu_accuracy`` that apply ``spec``'s method to MMLU, as
+    ``build_variant`` applies it to generation: the pre-prompt's text (``prefix``), or DExperts'
+    toxic model (``anti_expert``, as its path) and ``beta``. Empty for the other methods, which
+    change the model itself. They also go into the MMLU stage's key (a new pre-prompt text recomputes)."""
+    from . import baselines
+
+    if spec["method"] == "preprompt":
+        return dict(prefix=baselines.SAFETY_PREPROMPTS[spec["value"]])
+    if spec["method"] == "dexperts":
+        return dict(anti_expert=spec["toxic"], beta=float(spec["value"]))
+    return {}
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
@@ -543,25 +568,18 @@ def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seed
     return pd.DataFrame(rows)
 
 
-MMLU_NOT_APPLIED = ("preprompt_short", "preprompt_long", "dexperts")
-"""Methods that act through the prompt or the decoding step, which ``mmlu`` does not apply (it scores
-the variant's model as it is): their MMLU accuracy would be the base model's, so it is not reported."""
-
-
 def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``; NaN for the methods
-    of ``MMLU_NOT_APPLIED``. Columns ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``,
-    ``MMLU_questions``, ``MMLU_shots``."""
+    """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``, each method applied
+    (the pre-prompts and DExperts included, see ``mmlu``). Columns ``model``, ``label``, ``MMLU``,
+    ``MMLU_unnormalized``, ``MMLU_questions``, ``MMLU_shots``."""
     from tqdm.auto import tqdm
 
     from .world import torch_threads
 
     rows = []
     for r in tqdm(list(settings.itertuples()), desc="MMLU", disable=not progress, leave=False):
-        result = {"acc_normalized": np.nan, "acc_unnormalized": np.nan, "n_questions": np.nan, "k_shot": np.nan}
-        if r.method not in MMLU_NOT_APPLIED:
-            with torch_threads("auto"):
-                result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
+        with torch_threads("auto"):
+            result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
         rows.append({"model": r.model, "label": r.label, "MMLU": 100 * result["acc_normalized"],
                      "MMLU_unnormalized": 100 * result["acc_unnormalized"],
                      "MMLU_questions": result.get("n_questions", np.nan), "MMLU_shots": result.get("k_shot", np.nan)})

@@ -11,7 +11,9 @@
   count, averaged over prompts.
 - **MMLU**: k-shot accuracy with the prompt format of Figure 3 and Brown et al.'s normalised score
   ``log P(completion | prompt) - log P(completion | "Answer:")``; the unnormalised sum of
-  log-probabilities (what the official code ranked by) is reported beside it.
+  log-probabilities (what the official code ranked by) is reported beside it. The methods acting
+  through the prompt or the decoding step are applied: a safety pre-prompt before every prompt,
+  DExperts' combined distribution for every answer token.
 
 All model passes are batched: one forward per batch of rows, the KV cache of a shared prompt
 computed once and copied to the rows that continue it.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -371,6 +373,9 @@ def mmlu_accuracy(
     max_length: int | None = None,
     progress: bool = False,
     return_per_question: bool = False,
+    prefix: str = "",
+    anti_expert=None,
+    beta: float = 0.0,
 ):
     """k-shot MMLU accuracy with Brown et al.'s normalised score and the official unnormalised one.
 
@@ -385,10 +390,24 @@ def mmlu_accuracy(
     - ``normalized`` = ``log P(" " + choice | prompt) - log P(" " + choice | "Answer:")``, the
       ratio of Brown et al. (2020) the paper reports (App. B.2).
 
+    The methods that act through the prompt or the decoding step are applied as in generation:
+
+    - ``prefix`` (a safety pre-prompt, ``baselines.SAFETY_PREPROMPTS``) goes in front of every
+      prompt, before the shots, *and* in front of ``"Answer:"``. The normalisation divides out how
+      likely the evaluated model finds an answer a priori; a pre-prompted model always sees its
+      pre-prompt, so its a-priori context is ``prefix + "Answer:"`` -- which also cancels any
+      pull the pre-prompt's own words exert on the choices, leaving the question's effect.
+    - ``anti_expert`` (the toxic model, same tokenizer) with ``beta > 0`` scores every token under
+      DExperts' distribution ``log_softmax((1 + beta) log p_model - beta log p_anti_expert)``
+      (``baselines.dexperts_processor_factory``'s formula), in both terms of the normalised score:
+      the evaluated model *is* that distribution. ``beta = 0`` is the plain model, exactly.
+
     The prompt goes through the model once per question and its KV cache is copied to the choices
     (not once per choice); the ``"Answer:"`` terms depend only on the choice text and are computed
     once per distinct choice. When a prompt plus its longest choice exceeds ``max_length`` (default:
-    the model's positions), whole shots are dropped from the left, then the question's own tokens.
+    the model's positions), whole shots are dropped from the left, then the question's own tokens;
+    the pre-prompt is kept whole, being the method measured (unless it alone leaves no room, when
+    the context keeps its last tokens, as generation cuts a long prompt).
 
     Returns a dict (``acc_normalized``, ``acc_unnormalized``, their per-subject macro averages,
     ``n_questions``, ``k_shot``, ``n_truncated``); with ``return_per_question=True`` also a frame
@@ -402,6 +421,7 @@ def mmlu_accuracy(
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer (questions per forward pass).")
     if questions_df.empty:
         raise ValueError("questions_df is empty; load the MMLU test split first.")
+    _check_mmlu_method(model, prefix, anti_expert, beta)
     limit = max_length or max_positions(model)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -420,7 +440,8 @@ def mmlu_accuracy(
             raise ValueError(f"question {index!r}: answer={answer} is not an index into its {len(choices)} choices.")
         completions = [" " + c for c in choices]
         shots = shots_by_subject.get(row.subject, [])
-        context_ids, completion_ids, n_shots, truncated = _fit_mmlu_prompt(tokenizer, row.question, shots, completions, limit)
+        context_ids, completion_ids, n_shots, truncated = _fit_mmlu_prompt(tokenizer, row.question, shots, completions,
+                                                                           limit, prefix)
         items.append(dict(index=index, subject=row.subject, answer=answer, choices=choices, completions=completions,
                           context_ids=context_ids, completion_ids=completion_ids, n_shots=n_shots, truncated=truncated))
 
@@ -431,7 +452,8 @@ def mmlu_accuracy(
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         scores = score_completions(
-            model, [items[i]["context_ids"] for i in batch], [items[i]["completion_ids"] for i in batch], pad_id, device
+            model, [items[i]["context_ids"] for i in batch], [items[i]["completion_ids"] for i in batch], pad_id, device,
+            anti_expert=anti_expert, beta=beta,
         )
         for i, s in zip(batch, scores):
             conditional[i] = s
@@ -439,17 +461,20 @@ def mmlu_accuracy(
     bar.close()
 
     # log P(completion | "Answer:"): depends on the choice text only, so once per distinct choice.
-    answer_ids = _encode(tokenizer, ANSWER_CONTEXT)
+    answer_text = prefix + ANSWER_CONTEXT
+    answer_ids = _encode(tokenizer, answer_text)
     distinct = list(dict.fromkeys(c for item in items for c in item["completions"]))
-    distinct_ids = _split_completions(tokenizer, ANSWER_CONTEXT, answer_ids, distinct)
+    distinct_ids = _split_completions(tokenizer, answer_text, answer_ids, distinct)
     if limit is not None:  # a choice longer than the window is scored on its first tokens only
+        answer_ids = answer_ids[-max(1, limit - 1):]  # a pre-prompt filling the window alone loses its head
         distinct_ids = [ids[: max(1, limit - len(answer_ids))] for ids in distinct_ids]
     unconditional_by_text = {}
     chunk = batch_size * 4
     by_length = sorted(range(len(distinct)), key=lambda i: len(distinct_ids[i]))  # little padding per chunk
     for start in range(0, len(by_length), chunk):
         part = by_length[start : start + chunk]
-        (scores,) = score_completions(model, [answer_ids], [[distinct_ids[i] for i in part]], pad_id, device)
+        (scores,) = score_completions(model, [answer_ids], [[distinct_ids[i] for i in part]], pad_id, device,
+                                      anti_expert=anti_expert, beta=beta)
         unconditional_by_text.update(zip([distinct[i] for i in part], scores))
 
     records = []
@@ -482,7 +507,8 @@ def mmlu_accuracy(
 
 @torch.inference_mode()
 def score_completions(
-    model, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int, device=None
+    model, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int, device=None,
+    *, anti_expert=None, beta: float = 0.0,
 ) -> list[list[float]]:
     """``log P(completion | context)`` summed over tokens, for several completions of each context.
 
@@ -491,14 +517,19 @@ def score_completions(
     are grouped by length first, each group one forward pass on its own copy of the cache, so that a
     batch of MMLU choices of 2 to 50 tokens is not padded to 50 throughout (the padding cost as much
     as the real tokens). An empty completion scores ``-inf``.
+
+    With an ``anti_expert`` and ``beta > 0`` every token is scored under DExperts' distribution (the
+    anti-expert only, as ``baselines.DExpertsProcessor`` generates):
+    ``log_softmax((1 + beta) log p_model - beta log p_anti_expert)`` at each position. The
+    anti-expert makes the same passes on its own caches (on its own device), and the two models'
+    whole rows of log-probabilities are combined before the completion's tokens are read off. With
+    ``beta = 0`` the anti-expert is not run at all: that is the plain score, exactly.
     """
     device = device or model_device(model)
-    ctx_ids, ctx_mask = left_pad(contexts, pad_id, device)
-    positions = position_ids_from_mask(ctx_mask)
-    with autocast_context(model):
-        out = forward_cached(model, ctx_ids, ctx_mask, positions, cache=None, last_only=True)
-    cache = out_cache(out)
-    first_logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    scoring_models = [model] if anti_expert is None or beta == 0 else [model, anti_expert]
+    devices = [device] + [model_device(m) for m in scoring_models[1:]]
+    passes = [_context_pass(m, contexts, pad_id, d) for m, d in zip(scoring_models, devices)]
+    first_logprobs = torch.log_softmax(_combined_scores([p.last_logits for p in passes], beta), dim=-1)
 
     owners = [q for q, comps in enumerate(completions) for _ in comps]
     flat = [list(c) for comps in completions for c in comps]
@@ -509,22 +540,18 @@ def score_completions(
         firsts = first.gather(-1, torch.tensor([[flat[i][0]] for i in scored], device=device)).squeeze(-1)
         sums[scored] = firsts.double().cpu().numpy()
     longer = [i for i in scored if len(flat[i]) > 1]
-    groups = _length_groups(longer, [len(c) for c in flat]) if _copyable(cache) else [longer] if longer else []
-    caches = _cache_copies(cache, [[owners[i] for i in group] for group in groups], device)
-    limit = max_positions(model)
-    for group, group_cache in zip(groups, caches):
-        owner = torch.tensor([owners[i] for i in group], device=device)
+    copyable = all(_copyable(p.cache) for p in passes)
+    groups = _length_groups(longer, [len(c) for c in flat]) if copyable else [longer] if longer else []
+    group_owners = [[owners[i] for i in group] for group in groups]
+    caches = [_cache_copies(p.cache, group_owners, d) for p, d in zip(passes, devices)]  # per model, per group
+    for g, group in enumerate(groups):
         comp_ids, comp_mask = right_pad([flat[i] for i in group], pad_id, device)
-        attention = torch.cat([ctx_mask.index_select(0, owner), comp_mask], dim=1)
-        comp_positions = positions.index_select(0, owner)[:, -1:] + 1 + torch.arange(comp_ids.shape[1], device=device)
-        if limit is not None:  # padding after a short completion may run past the window; it is masked anyway
-            comp_positions = comp_positions.clamp(max=limit - 1)
-        with autocast_context(model):
-            out = forward_cached(model, comp_ids[:, :-1], attention[:, :-1], comp_positions[:, :-1], cache=group_cache,
-                                 last_only=False)
-        logits = out.logits.float()  # (rows, width - 1, vocab): predicts tokens 1 .. width - 1
+        logits = [_completion_logits(m, p, group_owners[g], comp_ids, comp_mask, c[g], d)
+                  for m, p, c, d in zip(scoring_models, passes, caches, devices)]
+        scores = _combined_scores(logits, beta)  # (rows, width - 1, vocab): predicts tokens 1 .. width - 1
         targets = comp_ids[:, 1:]
-        token_logprobs = logits.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        # log_softmax read at the targets only: no second (rows, width, vocab) tensor in the plain case.
+        token_logprobs = scores.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
         rest = (token_logprobs * comp_mask[:, 1:]).sum(-1)
         sums[group] += rest.double().cpu().numpy()
     result, k = [], 0
@@ -532,6 +559,53 @@ def score_completions(
         result.append(sums[k : k + len(comps)].tolist())
         k += len(comps)
     return result
+
+
+class _ContextPass(NamedTuple):
+    """One model's pass over the left-padded contexts: what its completions continue from."""
+
+    last_logits: torch.Tensor  # (contexts, vocab) float32, predicting each completion's first token
+    cache: object
+    mask: torch.Tensor
+    positions: torch.Tensor
+
+
+def _context_pass(model, contexts: Sequence[Sequence[int]], pad_id: int, device) -> _ContextPass:
+    ctx_ids, ctx_mask = left_pad(contexts, pad_id, device)
+    positions = position_ids_from_mask(ctx_mask)
+    with autocast_context(model):
+        out = forward_cached(model, ctx_ids, ctx_mask, positions, cache=None, last_only=True)
+    return _ContextPass(out.logits[:, -1, :].float(), out_cache(out), ctx_mask, positions)
+
+
+def _completion_logits(model, context: _ContextPass, owners: list[int], comp_ids, comp_mask, cache, device):
+    """``model``'s logits (float32) at every position of the right-padded completions but the last,
+    on ``cache`` (their contexts' KV cache; ``owners``: the context of each row)."""
+    owner = torch.tensor(owners, device=device)
+    comp_ids, comp_mask = comp_ids.to(device), comp_mask.to(device)
+    attention = torch.cat([context.mask.index_select(0, owner), comp_mask], dim=1)
+    comp_positions = context.positions.index_select(0, owner)[:, -1:] + 1 + torch.arange(comp_ids.shape[1], device=device)
+    limit = max_positions(model)
+    if limit is not None:  # padding after a short completion may run past the window; it is masked anyway
+        comp_positions = comp_positions.clamp(max=limit - 1)
+    with autocast_context(model):
+        out = forward_cached(model, comp_ids[:, :-1], attention[:, :-1], comp_positions[:, :-1], cache=cache,
+                             last_only=False)
+    return out.logits.float()
+
+
+def _combined_scores(logits: list[torch.Tensor], beta: float) -> torch.Tensor:
+    """What the tokens are scored by, up to normalisation over the vocabulary: the model's logits, or,
+    given the anti-expert's too, DExperts' ``(1 + beta) log p_model - beta log p_anti_expert``."""
+    if len(logits) == 1:
+        return logits[0]
+    base, anti = logits
+    if base.shape != anti.shape:
+        raise ValueError(f"the anti-expert scores {anti.shape[-1]} tokens but the model {base.shape[-1]}; DExperts "
+                         "needs an anti-expert with the model's tokenizer and vocabulary.")
+    # In place: these are (rows, width, vocab) tensors, and a 50k vocabulary makes each one large.
+    scores = torch.log_softmax(base, dim=-1).mul_(1.0 + beta)
+    return scores.sub_(torch.log_softmax(anti.to(scores.device), dim=-1), alpha=beta)
 
 
 def _length_groups(rows: list[int], lengths: list[int], waste: float = 0.2, min_rows: int = 8) -> list[list[int]]:
@@ -601,10 +675,11 @@ def _split_completions(tokenizer, context_text: str, context_ids: list[int], com
     return result
 
 
-def _fit_mmlu_prompt(tokenizer, question, shots, completions, limit):
-    """Context and completion ids that fit ``limit`` positions: drop shots from the left, then cut tokens."""
+def _fit_mmlu_prompt(tokenizer, question, shots, completions, limit, prefix=""):
+    """Context and completion ids that fit ``limit`` positions: drop shots from the left, then cut the
+    question's tokens. The pre-prompt ``prefix`` is kept whole throughout: it is the method measured."""
     for n_shots in range(len(shots), -1, -1):
-        text = mmlu_prompt(question, shots[len(shots) - n_shots :])
+        text = prefix + mmlu_prompt(question, shots[len(shots) - n_shots :])
         context_ids = _encode(tokenizer, text)
         completion_ids = _split_completions(tokenizer, text, context_ids, completions)
         longest = max(len(c) for c in completion_ids)
@@ -614,7 +689,41 @@ def _fit_mmlu_prompt(tokenizer, question, shots, completions, limit):
     # longer than the window, score only its first tokens (rare: tiny models with short windows).
     completion_ids = [c[: limit - 1] for c in completion_ids]
     keep = max(1, limit - max(len(c) for c in completion_ids))
-    return context_ids[-keep:], completion_ids, 0, True
+    head = _prefix_tokens(tokenizer, prefix, context_ids)
+    if head >= keep:  # the pre-prompt alone leaves no room: its head goes too, as generation cuts a prompt
+        head = 0
+    return context_ids[:head] + context_ids[len(context_ids) - (keep - head) :], completion_ids, 0, True
+
+
+def _prefix_tokens(tokenizer, prefix: str, context_ids: list[int]) -> int:
+    """How many of ``context_ids`` are the pre-prompt's: its own tokens when they start the context
+    (0 without a pre-prompt, or when a token merges across its end and the two cannot be told apart)."""
+    if not prefix:
+        return 0
+    prefix_ids = _encode(tokenizer, prefix)
+    return len(prefix_ids) if context_ids[: len(prefix_ids)] == prefix_ids else 0
+
+
+def _check_mmlu_method(model, prefix, anti_expert, beta) -> None:
+    """``mmlu_accuracy``'s method arguments: a text pre-prompt; DExperts' beta and anti-expert."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix={prefix!r} must be a string: a safety pre-prompt, or '' for none.")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
+        raise ValueError(f"beta={beta!r} must be a finite number (DExperts' strength; the paper tunes 0.1 ... 2.0).")
+    if beta < 0:
+        raise ValueError(f"beta={beta!r} is negative, which would *reward* the anti-expert; use beta >= 0.")
+    if anti_expert is None and beta != 0:
+        raise ValueError(f"beta={beta!r} needs anti_expert= (the toxic model DExperts steers away from).")
+    if anti_expert is not None and _vocab_size(anti_expert) != _vocab_size(model):
+        raise ValueError(f"anti_expert scores {_vocab_size(anti_expert)} tokens but the model {_vocab_size(model)}; "
+                         "DExperts needs an anti-expert with the model's tokenizer and vocabulary "
+                         "(the toxic model fine-tuned from this one).")
+
+
+def _vocab_size(model) -> int:
+    """Rows of the output layer: the size of the distribution the model scores tokens with."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
 
 
 def _choices(value) -> list[str]:
