@@ -120,8 +120,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # The world's models have 256 positions and the start token takes one: 255 new tokens, where
         # GPT-2 XL (1,024 positions) takes the paper's 256.
         "distill_max_new_tokens": 255,
+        # 120 + 120 of the 1,045 seed prompts: a TP then carries a binomial standard error of up to
+        # 0.046, which the chapters print beside every comparison (the paper: 896 + 940 prompts).
         "n_val_prompts": 120,
-        "n_test_prompts": 240,
+        "n_test_prompts": 120,
         "mmlu_max_questions": 570,
         "lmsteer_multipliers": [-0.5, -1.0, -2.0],
         "dexperts_betas": [0.5, 1.0, 2.0],
