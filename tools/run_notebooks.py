@@ -43,6 +43,7 @@ import argparse
 import glob
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -303,6 +304,17 @@ def execute(notebook: Path, output: Path, parameters: dict, failed_dir: Path) ->
             raise
 
 
+def append_run(path: Path, notebook: str, record: dict, key: str) -> None:
+    """One line per successful execution, kept (and committed) for the compute chapter: the keys file
+    holds only each chapter's *last* run, which after a cached rerun says nothing about the run that
+    computed its stages. The load average is there because the machine is shared."""
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as out:
+        if new:
+            out.write("notebook,seconds,finished,load_avg_1min,key\n")
+        out.write(f"{notebook},{record['seconds']},{record['finished']},{os.getloadavg()[0]:.2f},{key[:12]}\n")
+
+
 def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
@@ -368,6 +380,7 @@ def run_notebooks(
             "output": shown_output,
         }
         write_json_atomic(keys_path, keys)  # after each notebook, so an interruption loses nothing done
+        append_run(results_dir / "notebook_runs.csv", notebook, keys[notebook], key)
         print(f"{label}: executed in {format_seconds(seconds)} -> {keys[notebook]['output']}", flush=True)
         outcomes.append((notebook, "executed"))
     return outcomes
