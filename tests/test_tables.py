@@ -150,6 +150,9 @@ def test_check_claims_on_the_papers_tables():
     table1 = tables.check_claims(tables.as_summary(paper_tables.table1())).set_index("claim")
     assert table1["holds"].all()  # Section 3.5 reads Table 1 this way
     assert "lr 5e-05: 0.40 (clearly lower)" in table1.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
+    # Dist-1 0.22 and 0.24 against the base model's 0.26: 85% and 92%.
+    assert table1.loc["UniDetox keeps at least 80% of the base model's Dist-1", "detail"] == (
+        "lr 5e-05: 0.22 (85%), lr 1e-05: 0.24 (92%); base model 0.26")
     t2 = tables.as_summary(paper_tables.table2())
     falcon = tables.check_claims(t2[t2["model"] == "Falcon-7B"]).set_index("claim")["holds"]
     assert not falcon["UniDetox has the lowest TP ID"]  # DExperts' 0.30 < UniDetox's 0.33 in Table 2
