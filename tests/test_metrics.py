@@ -150,8 +150,10 @@ def mmlu_frames():
     return questions, dev
 
 
-def per_choice_loop(model, tok, context, choices):
-    """The plain reference: one unpadded forward pass per choice, summing its tokens' log-probs."""
+def per_choice_loop(model, tok, context, choices, anti_expert=None, beta=0.0):
+    """The plain reference: one unpadded forward pass per choice, summing its tokens' log-probs.
+    With ``anti_expert`` (DExperts' brute force): the whole sequence also through the anti-expert,
+    the two rows of log-probabilities combined at every position, re-normalised, read at the tokens."""
     context_ids = tok(context).input_ids
     scores = []
     for choice in choices:
@@ -159,6 +161,9 @@ def per_choice_loop(model, tok, context, choices):
         assert whole[: len(context_ids)] == context_ids
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+            if anti_expert is not None:
+                anti = torch.log_softmax(anti_expert(torch.tensor([whole])).logits[0].float(), -1)
+                logprobs = torch.log_softmax((1 + beta) * logprobs - beta * anti, -1)
         scores.append(sum(logprobs[t - 1, whole[t]].item() for t in range(len(context_ids), len(whole))))
     return scores
 
@@ -285,22 +290,6 @@ def test_mmlu_keeps_the_prefix_when_shots_and_question_tokens_are_dropped(tiny_g
     assert context[-3:] == tok(prefix + metrics.mmlu_prompt(question)).input_ids[-3:]
 
 
-def dexperts_choice_loop(model, anti_expert, tok, context, choices, beta):
-    """The brute-force reference: each choice's whole sequence through both models, the two rows of
-    log-probabilities combined at every position, re-normalised, read at the choice's tokens."""
-    context_ids = tok(context).input_ids
-    scores = []
-    for choice in choices:
-        whole = tok(context + " " + choice).input_ids
-        assert whole[: len(context_ids)] == context_ids
-        with torch.no_grad():
-            base = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
-            anti = torch.log_softmax(anti_expert(torch.tensor([whole])).logits[0].float(), -1)
-        combined = torch.log_softmax((1 + beta) * base - beta * anti, -1)
-        scores.append(sum(combined[t - 1, whole[t]].item() for t in range(len(context_ids), len(whole))))
-    return scores
-
-
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_mmlu_dexperts_batched_equals_brute_force(tiny_gpt2, tiny_gpt2_toxic, beta):
     model, tok = tiny_gpt2
@@ -313,8 +302,8 @@ def test_mmlu_dexperts_batched_equals_brute_force(tiny_gpt2, tiny_gpt2_toxic, be
     _, plain = metrics.mmlu_accuracy(model, tok, questions, dev, k_shot=1, batch_size=3, return_per_question=True)
     for index, row in questions.iterrows():
         prompt = metrics.mmlu_prompt(row.question, shots_of(dev, row.subject, 1))
-        conditional = dexperts_choice_loop(model, anti_expert, tok, prompt, row.choices, beta)
-        unconditional = dexperts_choice_loop(model, anti_expert, tok, "Answer:", row.choices, beta)
+        conditional = per_choice_loop(model, tok, prompt, row.choices, anti_expert, beta)
+        unconditional = per_choice_loop(model, tok, "Answer:", row.choices, anti_expert, beta)
         assert per_question.logprob_conditional[index] == pytest.approx(conditional, rel=1e-5, abs=1e-5)
         assert per_question.logprob_answer_context[index] == pytest.approx(unconditional, rel=1e-5, abs=1e-5)
         assert per_question.logprob_conditional[index] != pytest.approx(plain.logprob_conditional[index], abs=1e-2)
