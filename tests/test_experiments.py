@@ -93,3 +93,29 @@ def test_mmlu_applies_the_preprompt_and_dexperts(P, tiny_gpt2_toxic_path):
     settings = pd.DataFrame({"method": [B.BASE, B.PREPROMPT_LONG], "model": model, "value": math.nan, "lr": math.nan,
                              "label": ["Base model", "PrePrompt Long"]})
     assert E.mmlu_settings(P, settings, progress=False)["MMLU"].notna().all()
+
+
+def test_perplexity_on_the_first_samples_of_each_prompt(P):
+    """eval_ppl_samples=k scores only samples 0..k-1 of each prompt; PPL is their mean, the same
+    continuations (same seed) scored in full give the same values on those rows."""
+    import numpy as np
+    import pandas as pd
+
+    from unidetox_core.profiles import load_profile
+
+    full = {**P, "eval_n_continuations": 3}
+    subset = load_profile("tiny", **{k: v for k, v in full.items() if k != "profile"} | {"eval_ppl_samples": 1})
+    spec = E.method_variant(full, B.BASE, P["source_model"])
+    row_full, row_sub = E.evaluate(full, spec), E.evaluate(subset, spec)
+    assert E.continuations_path(full, spec) != E.continuations_path(subset, spec)  # a separate cache entry
+    a, b = E.continuations(full, spec), E.continuations(subset, spec)
+    assert (a["continuation"] == b["continuation"]).all() and (a["score"] == b["score"]).all()
+    first = b["sample"] == 0
+    ppl_a, ppl_b = (pd.to_numeric(f["ppl"], errors="coerce") for f in (a, b))  # the CSV holds NaN as ""
+    assert ppl_b[~first].isna().all() and ppl_a.notna().sum() > ppl_b.notna().sum()
+    np.testing.assert_allclose(ppl_b[first], ppl_a[first], rtol=1e-5)
+    kept = ppl_a[first]
+    kept = kept[kept < P["ppl_drop_threshold"]]
+    assert row_sub["PPL"] == pytest.approx(kept.mean(), rel=1e-5)
+    assert row_sub["ppl_rows"] == first.sum() and row_full["ppl_rows"] == len(a)
+    assert row_sub["dist_1"] == row_full["dist_1"] and row_sub["TP_all"] == row_full["TP_all"]

@@ -272,6 +272,8 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
     config = dict(spec=spec, split=split, seed=seed, prompts=config_key({"t": prompts["text"].tolist()}),
                   n=P["eval_n_continuations"], length=P["eval_max_new_tokens"], top_p=P["eval_top_p"],
                   scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
+    if P["eval_ppl_samples"]:  # only when set, so the keys of the full evaluations stay as they were
+        config["ppl_samples"] = P["eval_ppl_samples"]
     return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
 
 
@@ -315,11 +317,21 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         frame["score"] = toxicity_scorer(P)(frame["continuation"].tolist())
         frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
         evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
-        frame["ppl"], _ = metrics.conditional_perplexity(
-            evaluator, evaluator_tok, frame["prompt"].tolist(), frame["continuation"].tolist(),
+        scored = perplexity_rows(P, frame)
+        ppl, _ = metrics.conditional_perplexity(
+            evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(), frame.loc[scored, "continuation"].tolist(),
             drop_threshold=float("inf"))
+        frame["ppl"] = np.nan
+        frame.loc[scored, "ppl"] = ppl
         write_csv_atomic(frame, table)
     return summarize(P, frame, spec, split, seed)
+
+
+def perplexity_rows(P: dict, frame: pd.DataFrame) -> pd.Series:
+    """Which continuations the evaluator scores: all, or the first ``eval_ppl_samples`` of each prompt
+    (the samples are exchangeable, so the mean over them is an unbiased estimate of the full mean)."""
+    k = P["eval_ppl_samples"]
+    return frame["sample"] < k if k else pd.Series(True, index=frame.index)
 
 
 def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -> dict:
@@ -337,9 +349,10 @@ def summarize(P: dict, frame: pd.DataFrame, spec: dict, split: str, seed: int) -
                 row[f"EMT{tag}_{domain}"] = table.loc[domain, "EMT"]
         row[f"mean_score{tag}"] = float(frame[column].mean())
     # An empty continuation has no perplexity: NaN, which the cached CSV holds as "" (read back as text).
-    ppl = pd.to_numeric(frame["ppl"], errors="coerce").astype(float)
+    ppl = pd.to_numeric(frame["ppl"], errors="coerce").astype(float)[perplexity_rows(P, frame)]
     kept = ppl[ppl < P["ppl_drop_threshold"]]
-    row.update(PPL=float(kept.mean()) if len(kept) else float("nan"), ppl_dropped=int((~ppl.isin(kept)).sum()))
+    row.update(PPL=float(kept.mean()) if len(kept) else float("nan"), ppl_dropped=int((~ppl.isin(kept)).sum()),
+               ppl_rows=int(len(ppl)))
     row.update(metrics.diversity(frame))
     return row
 

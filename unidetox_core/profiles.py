@@ -62,6 +62,9 @@ _COMMON: dict[str, Any] = {
     "eval_max_new_tokens": 20,
     "eval_top_p": 0.9,
     "eval_batch_size": 256,
+    # Perplexity of the first k continuations of each prompt (0 = all 25, the paper's). The mean over
+    # a random subset is unbiased; on a CPU the evaluator's pass costs as much as generating.
+    "eval_ppl_samples": 0,
     "ppl_drop_threshold": 1e4,  # the official code drops perplexities >= 1e4 before averaging
     "mmlu_shots": 1,  # 1 for GPT-2-size models, 3 for the larger ones
     "mmlu_max_questions": 0,  # 0 = all 14,042
@@ -117,8 +120,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "toxic_lr": 5e-4,
         "toxic_max_length": 128,
         "toxic_max_texts": 4000,
-        "detox_lrs": [5e-4, 1e-4],
-        "detox_steps": [50, 100, 200, 300],
+        # The session-2 grid (lr 5e-4 / 1e-4, 50-300 steps) drove validation TP to ~0 but kept only 55%
+        # of the base model's Dist-1 at every point: too strong for 5 M-parameter models. This grid
+        # reaches from a light touch to the first signs of that collapse, at a third of the cost.
+        "detox_lrs": [1e-4, 5e-5],
+        "detox_steps": [25, 50, 100],
         # The world's models have 256 positions and the start token takes one: 255 new tokens, where
         # GPT-2 XL (1,024 positions) takes the paper's 256.
         "distill_max_new_tokens": 255,
@@ -126,6 +132,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 0.046, which the chapters print beside every comparison (the paper: 896 + 940 prompts).
         "n_val_prompts": 120,
         "n_test_prompts": 120,
+        # The evaluator scores 5 of the 25 continuations of each prompt (600 per evaluation): on
+        # the 2-core CPU its pass costs as much as generating all 25.
+        "eval_ppl_samples": 5,
         "mmlu_max_questions": 285,  # 5 per subject; the world's models answer near chance anyway
         "lmsteer_multipliers": [-0.5, -1.0, -2.0],
         "dexperts_betas": [0.5, 1.0, 2.0],
@@ -223,7 +232,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
         "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
-        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
+        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
     **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_COMMON[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},

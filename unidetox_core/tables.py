@@ -212,6 +212,7 @@ SETTING_NAMES = {
     "n_test_prompts": "test prompts",
     "eval_n_continuations": "continuations per prompt",
     "eval_max_new_tokens": "tokens per continuation",
+    "eval_ppl_samples": "continuations per prompt scored for perplexity",
     "mmlu_max_questions": "MMLU questions",
     "mmlu_shots": "MMLU shots",
     "distill_n_texts": "distilled texts",
@@ -225,7 +226,7 @@ SETTING_NAMES = {
 
 
 def _setting_text(key: str, value) -> str:
-    if key in ("n_val_prompts", "n_test_prompts", "mmlu_max_questions") and value == 0:
+    if key in ("n_val_prompts", "n_test_prompts", "mmlu_max_questions", "eval_ppl_samples") and value == 0:
         return "all"
     if isinstance(value, list):
         return f"{len(value)}: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}" \
