@@ -754,10 +754,43 @@ def translate_code_cell(cell) -> list:
     return [cell, *extra]
 
 
+def literal_assignments(source: str) -> dict | None:
+    """``{name: value}`` of a cell made only of ``name = literal`` lines (a papermill parameters
+    cell); None when the cell holds anything else, or a value that is not a literal."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+        return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)} \
+            if all(isinstance(node, ast.Assign) for node in tree.body) else None
+    except (SyntaxError, ValueError, AttributeError):
+        return None
+
+
+def _tags(cell) -> list:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def redundant_injected_parameters(nb) -> bool:
+    """True when papermill's injected ``# Parameters`` cell only repeats defaults of the chapter's
+    ``parameters`` cell (``profile = "mini"`` on a default run): the page then need not show it. A
+    run with other values keeps it, so the reader sees what the chapter really ran with."""
+    cells = nb.cells
+    defaults = next((c for c in cells if c.cell_type == "code" and "parameters" in _tags(c)), None)
+    injected = next((c for c in cells if c.cell_type == "code" and "injected-parameters" in _tags(c)), None)
+    if defaults is None or injected is None:
+        return False
+    given, default = literal_assignments(injected.source), literal_assignments(defaults.source)
+    return given is not None and default is not None and all(k in default and default[k] == v for k, v in given.items())
+
+
 def translate_notebook(nb):
     """A Quarto-flavoured executed notebook -> the notebook Jupyter Book renders (outputs kept)."""
     nb = copy.deepcopy(nb)
     cells, title = [], None
+    if redundant_injected_parameters(nb):
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in _tags(c)]
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "raw" and index == 0 and cell.source.lstrip().startswith("---"):
             meta, _ = split_front_matter(cell.source.lstrip())  # Quarto's front matter cell
