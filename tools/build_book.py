@@ -760,12 +760,19 @@ def literal_assignments(source: str) -> dict | None:
     import ast
 
     try:
-        tree = ast.parse(source)
-        return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)} \
-            if all(isinstance(node, ast.Assign) for node in tree.body) else None
-    except (SyntaxError, ValueError, AttributeError):
+        body = ast.parse(source).body
+    except SyntaxError:
         return None
+    values = {}
+    for node in body:
+        if not isinstance(node, ast.Assign):
+            return None
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    return values
 
 
 def _tags(cell) -> list:
