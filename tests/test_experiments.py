@@ -119,3 +119,34 @@ def test_perplexity_on_the_first_samples_of_each_prompt(P):
     assert row_sub["PPL"] == pytest.approx(kept.mean(), rel=1e-5)
     assert row_sub["ppl_rows"] == first.sum() and row_full["ppl_rows"] == len(a)
     assert row_sub["dist_1"] == row_full["dist_1"] and row_sub["TP_all"] == row_full["TP_all"]
+
+
+def test_evaluations_side_by_side_equal_one_after_the_other(P, tmp_path):
+    """Two worker processes give the same rows, in the order asked, as evaluating here one after the
+    other with the same thread count; the fixed thread count joins the cache key, the number of
+    workers does not (nor the results folder's record)."""
+    import pandas as pd
+
+    from unidetox_core.profiles import load_profile, results_record
+
+    model = P["source_model"]
+    jobs = [(B.PREPROMPT_SHORT, model, None, None, "val", 0), (B.BASE, model, None, None, "val", 1),
+            (B.BASE, model, None, None, "val", 0), (B.BASE, model, None, None, "val", 1)]  # one repeated
+    settings = {k: v for k, v in P.items() if k != "profile"} | {"eval_threads": 1}
+    serial = load_profile("tiny", **settings | {"cache_dir": str(tmp_path / "serial"), "eval_workers": 1})
+    pooled = load_profile("tiny", **settings | {"cache_dir": str(tmp_path / "pooled"), "eval_workers": 2})
+    one, two = E.evaluate_methods(serial, jobs, progress=False), E.evaluate_methods(pooled, jobs, progress=False)
+    assert [(r["method"], r["seed"]) for r in two] == [(j[0], j[5]) for j in jobs]
+    pd.testing.assert_frame_equal(pd.DataFrame(one), pd.DataFrame(two))
+    spec = E.method_variant(serial, B.BASE, model)
+    assert E.continuations_path(serial, spec).name == "continuations.csv"
+    assert E.continuations_path(serial, spec).parent.name == E.continuations_path(pooled, spec).parent.name
+    assert E.continuations_path(serial, spec).parent.name != E.continuations_path({**serial, "eval_threads": 0}, spec).parent.name
+    assert "eval_workers" not in results_record(pooled)["settings"]
+
+
+def test_side_by_side_failure_names_the_cause(P):
+    with pytest.raises(ValueError, match="seed"):
+        E.evaluate_specs({**P, "eval_workers": 2}, [(E.method_variant(P, B.BASE, P["source_model"]), "val", 0),
+                                                   (E.method_variant(P, B.BASE, P["source_model"]), "val", -1)],
+                         progress=False)

@@ -264,6 +264,13 @@ def _mmlu_questions(P_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return test, dev
 
 
+def eval_threads(P: dict):
+    """A context that runs an evaluation with ``P['eval_threads']`` torch threads (0: as it is)."""
+    from .world import torch_threads
+
+    return torch_threads(P["eval_threads"]) if P["eval_threads"] else contextlib.nullcontext()
+
+
 def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                        prompts: pd.DataFrame | None = None) -> Path:
     """Where ``evaluate`` keeps the scored continuations of one variant, split and seed (the cache key
@@ -274,6 +281,8 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                   scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
     if P["eval_ppl_samples"]:  # only when set, so the keys of the full evaluations stay as they were
         config["ppl_samples"] = P["eval_ppl_samples"]
+    if P["eval_threads"]:  # likewise: a fixed thread count is part of what determines the numbers
+        config["threads"] = P["eval_threads"]
     return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
 
 
@@ -308,7 +317,7 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         # "\n" only: to_csv leaves a lone "\r" (which a small model may generate) unquoted.
         frame = pd.read_csv(table, keep_default_na=False, lineterminator="\n")
     else:
-        with build_variant(P, spec) as (model, tokenizer, kwargs):
+        with eval_threads(P), build_variant(P, spec) as (model, tokenizer, kwargs):
             frame = generate.generate_continuations(
                 model, tokenizer, prompts["text"].tolist(), n=P["eval_n_continuations"],
                 max_new_tokens=P["eval_max_new_tokens"], top_p=P["eval_top_p"], seed=seed,
@@ -318,9 +327,10 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
         evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
         scored = perplexity_rows(P, frame)
-        ppl, _ = metrics.conditional_perplexity(
-            evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(), frame.loc[scored, "continuation"].tolist(),
-            drop_threshold=float("inf"))
+        with eval_threads(P):
+            ppl, _ = metrics.conditional_perplexity(
+                evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(),
+                frame.loc[scored, "continuation"].tolist(), drop_threshold=float("inf"))
         frame["ppl"] = np.nan
         frame.loc[scored, "ppl"] = ppl
         write_csv_atomic(frame, table)
@@ -367,15 +377,11 @@ def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
     from . import metrics
 
     test, dev = (frame.copy() for frame in _mmlu_questions(json.dumps(P, sort_keys=True, default=str)))
-    config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
-    applied = mmlu_method(spec)
-    if applied:  # only then, so that the other variants keep their cached results
-        # Earlier versions scored these variants' bare model under the same spec: a new key.
-        config["applied"] = applied
-    out = _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
+    out = mmlu_path(P, spec)
     if out.exists():
         return json.loads(out.read_text())
-    with build_variant(P, spec) as (model, tokenizer, _):
+    applied = mmlu_method(spec)
+    with eval_threads(P), build_variant(P, spec) as (model, tokenizer, _):
         if "anti_expert" in applied:  # the toxic model build_variant loaded too: _load_cached holds it
             applied = {**applied, "anti_expert": _load_cached(applied["anti_expert"])[0]}
         result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress,
@@ -384,6 +390,19 @@ def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
               if not isinstance(v, pd.DataFrame)}
     write_json_atomic(out, result)
     return result
+
+
+def mmlu_path(P: dict, spec: dict) -> Path:
+    """Where ``mmlu`` keeps one variant's result (the key covers the questions, shots and method)."""
+    test, _ = _mmlu_questions(json.dumps(P, sort_keys=True, default=str))
+    config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
+    applied = mmlu_method(spec)
+    if applied:  # only then, so that the other variants keep their cached results
+        # Earlier versions scored these variants' bare model under the same spec: a new key.
+        config["applied"] = applied
+    if P["eval_threads"]:
+        config["threads"] = P["eval_threads"]
+    return _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
 
 
 def mmlu_method(spec: dict) -> dict:
@@ -561,39 +580,104 @@ def tuned_variants(P: dict, selected: pd.DataFrame, model: str, progress: bool =
 def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seeds=None,
                       progress: bool = True) -> pd.DataFrame:
     """``evaluate_method`` for every row of ``settings`` (``tuned_settings``) and seed (default
-    ``P['seeds']``), with one progress bar over all of them; cached evaluations are read back at
-    once. One row per (variant, seed) with ``label`` and ``meets_ppl_rule`` from ``settings``."""
-    from tqdm.auto import tqdm
-
-    from .world import torch_threads
-
+    ``P['seeds']``), ``P['eval_workers']`` at a time (``evaluate_methods``); cached evaluations are
+    read back at once. One row per (variant, seed) with ``label`` and ``meets_ppl_rule`` from ``settings``."""
     seeds = list(P["seeds"] if seeds is None else seeds)
-    rows = []
-    # One torch thread when the machine is busy (see world.torch_threads): much faster there.
-    with torch_threads("auto"), tqdm(total=len(settings) * len(seeds), desc=f"evaluate ({split})",
-                                     disable=not progress, leave=False) as bar:
-        for r in settings.itertuples():
-            for seed in seeds:
-                bar.set_postfix_str(f"{r.model.split(':')[-1]} {r.label} seed {seed}", refresh=False)
-                row = evaluate_method(P, r.method, r.model, r.value, r.lr, split=split, seed=seed)
-                rows.append({**row, "label": r.label, "meets_ppl_rule": r.meets_ppl_rule})
-                bar.update(1)
-    return pd.DataFrame(rows)
+    pairs = [(r, seed) for r in settings.itertuples() for seed in seeds]
+    rows = evaluate_methods(P, [(r.method, r.model, r.value, r.lr, split, seed) for r, seed in pairs],
+                            progress=progress, desc=f"evaluate ({split})")
+    return pd.DataFrame([{**row, "label": r.label, "meets_ppl_rule": r.meets_ppl_rule} for row, (r, _) in zip(rows, pairs)])
 
 
 def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``, each method applied
-    (the pre-prompts and DExperts included, see ``mmlu``). Columns ``model``, ``label``, ``MMLU``,
-    ``MMLU_unnormalized``, ``MMLU_questions``, ``MMLU_shots``."""
-    from tqdm.auto import tqdm
-
-    from .world import torch_threads
-
+    (the pre-prompts and DExperts included, see ``mmlu``), ``P['eval_workers']`` at a time. Columns
+    ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``, ``MMLU_questions``, ``MMLU_shots``."""
+    specs = [method_variant(P, r.method, r.model, r.value, r.lr, progress=False) for r in settings.itertuples()]
+    pending = list({str(mmlu_path(P, spec)): (P, spec) for spec in specs if not mmlu_path(P, spec).exists()}.values())
+    run_side_by_side(P, _mmlu_job, pending, desc="MMLU", progress=progress)
     rows = []
-    for r in tqdm(list(settings.itertuples()), desc="MMLU", disable=not progress, leave=False):
-        with torch_threads("auto"):
-            result = mmlu(P, method_variant(P, r.method, r.model, r.value, r.lr, progress=False), progress=False)
+    for r, spec in zip(settings.itertuples(), specs):
+        result = mmlu(P, spec, progress=False)
         rows.append({"model": r.model, "label": r.label, "MMLU": 100 * result["acc_normalized"],
                      "MMLU_unnormalized": 100 * result["acc_unnormalized"],
                      "MMLU_questions": result.get("n_questions", np.nan), "MMLU_shots": result.get("k_shot", np.nan)})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ evaluations side by side
+def evaluate_methods(P: dict, jobs, progress: bool = True, desc: str = "evaluate") -> list[dict]:
+    """``evaluate_method`` rows of ``jobs``, each ``(method, model, value, lr, split, seed)``, in order.
+
+    What the variants need (checkpoints, toxic models, LM-Steer matrices) is built here first, one
+    after the other; then the evaluations not cached yet run ``P['eval_workers']`` at a time
+    (``evaluate_specs``)."""
+    jobs = [tuple(job) for job in jobs]
+    specs = [method_variant(P, method, model, value, lr, progress=False) for method, model, value, lr, _, _ in jobs]
+    evaluate_specs(P, [(spec, job[4], job[5]) for spec, job in zip(specs, jobs)], progress=progress, desc=desc)
+    return [evaluate_method(P, *job[:4], split=job[4], seed=job[5]) for job in jobs]
+
+
+def evaluate_specs(P: dict, jobs, progress: bool = True, desc: str = "evaluate") -> list[dict]:
+    """``evaluate(P, spec, split, seed)`` of every ``(spec, split, seed)`` in ``jobs``, in order.
+
+    The ones not cached yet run ``P['eval_workers']`` at a time, each in its own process with
+    ``P['eval_threads']`` torch threads (``run_side_by_side``); every row is then read back from the
+    cache here. The numbers do not depend on ``eval_workers``: an evaluation is a function of its
+    variant, prompts, seed and thread count, wherever it runs."""
+    jobs = [(spec, split, int(seed)) for spec, split, seed in jobs]
+    pending = {}
+    for spec, split, seed in jobs:
+        path = continuations_path(P, spec, split, seed)
+        if not path.exists():
+            pending.setdefault(str(path), (P, spec, split, seed))
+    run_side_by_side(P, _evaluate_job, list(pending.values()), desc=desc, progress=progress)
+    return [evaluate(P, spec, split, seed, progress=False) for spec, split, seed in jobs]
+
+
+def run_side_by_side(P: dict, function, arguments: list[tuple], desc: str = "", progress: bool = True) -> None:
+    """Call ``function(*args)`` for each of ``arguments`` (results are not returned: the functions
+    write the cache), ``P['eval_workers']`` at a time in fresh ("spawn") worker processes, or here
+    when that is 1 or there is one call. A failure stops the rest and is raised here; the calls that
+    finished stay cached, so a rerun resumes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    workers = min(int(P["eval_workers"]), len(arguments))
+    with tqdm(total=len(arguments), desc=desc, disable=not progress or not arguments, leave=False) as bar:
+        if workers <= 1:
+            for args in arguments:
+                function(*args)
+                bar.update(1)
+            return
+        # "spawn", not fork: a forked copy of a process that already ran torch's thread pools can hang.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_start, initargs=(int(P["eval_threads"]), workers)) as pool:
+            futures = [pool.submit(function, *args) for args in arguments]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def _worker_start(threads: int, workers: int) -> None:
+    """A worker's torch threads: ``eval_threads``, or a fair share of the cores when that is 0."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
+
+
+def _evaluate_job(P: dict, spec: dict, split: str, seed: int) -> None:
+    evaluate(P, spec, split, seed, progress=False)
+
+
+def _mmlu_job(P: dict, spec: dict) -> None:
+    mmlu(P, spec, progress=False)

@@ -65,6 +65,13 @@ _COMMON: dict[str, Any] = {
     # Perplexity of the first k continuations of each prompt (0 = all 25, the paper's). The mean over
     # a random subset is unbiased; on a CPU the evaluator's pass costs as much as generating.
     "eval_ppl_samples": 0,
+    # torch threads of each evaluation on a CPU (0 = torch's default, every core). The thread count
+    # changes the order in which floats are summed, so a fixed count keeps an evaluation's numbers the
+    # same whatever else the machine runs; when set it joins the evaluations' cache keys.
+    "eval_threads": 0,
+    # Evaluations (and MMLU runs) that run at once, each in its own process; 1 = one after the other
+    # in this process. Where to compute, not what: it never changes a number.
+    "eval_workers": 1,
     "ppl_drop_threshold": 1e4,  # the official code drops perplexities >= 1e4 before averaging
     "mmlu_shots": 1,  # 1 for GPT-2-size models, 3 for the larger ones
     "mmlu_max_questions": 0,  # 0 = all 14,042
@@ -135,6 +142,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # The evaluator scores 5 of the 25 continuations of each prompt (600 per evaluation): on
         # the 2-core CPU its pass costs as much as generating all 25.
         "eval_ppl_samples": 5,
+        # Two single-threaded evaluations side by side: 5 M-parameter models decoding 20 tokens give two
+        # threads of one process too little work each (benchmarks/bench_workers.py: 1.45-1.6x the
+        # throughput of one two-threaded process on the 2-core machine).
+        "eval_threads": 1,
+        "eval_workers": 2,
         "mmlu_max_questions": 285,  # 5 per subject; the world's models answer near chance anyway
         "lmsteer_multipliers": [-0.5, -1.0, -2.0],
         "dexperts_betas": [0.5, 1.0, 2.0],
@@ -230,9 +242,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_COMMON[k]})") for k in (
         "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
-        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs")},
+        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
-        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
+        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
     **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_COMMON[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},
@@ -288,7 +300,7 @@ def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> dict[str, Any
 # ------------------------------------------------------------------- one configuration per folder
 RESULTS_RECORD = "profile.json"
 # Where things go and on which hardware: they do not change what a results table holds.
-_NOT_RECORDED = ("cache_dir", "results_dir", "device_map")
+_NOT_RECORDED = ("cache_dir", "results_dir", "device_map", "eval_workers")
 
 
 def results_record(values: dict[str, Any]) -> dict[str, Any]:
