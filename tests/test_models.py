@@ -67,3 +67,14 @@ def test_same_tokenizer_ignores_remembered_truncation_and_padding(bpe_tokenizer,
     copy = AutoTokenizer.from_pretrained(tmp_path / "a")
     copy(["a b c", "a"], truncation=True, max_length=2, padding=True)  # leaves state in the backend
     assert models.same_tokenizer(bpe_tokenizer, copy)
+
+
+def test_unigram_training_is_deterministic(corpus):
+    """Two trainings on the same text give the same tokenizer, byte for byte (the ``tokenizers``
+    Unigram trainer did not: the world's LLaMA model changed with every build), with the special
+    tokens at ids 0-3 and every character of the corpus a piece (no unknown token)."""
+    first, second = (models.train_tokenizer(corpus, "unigram", vocab_size=120) for _ in range(2))
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    assert [first.bos_token_id, first.eos_token_id, first.unk_token_id, first.pad_token_id] == [0, 1, 2, 3]
+    ids = first(" ".join(corpus[:5]), add_special_tokens=False)["input_ids"]
+    assert first.unk_token_id not in ids and first.decode(ids) == " ".join(corpus[:5])

@@ -45,7 +45,8 @@ def train_tokenizer(
     """Train a tokenizer on ``texts`` with the ``tokenizers`` library.
 
     ``bpe`` is byte-level BPE (the GPT-2 / OPT scheme: no unknown tokens, spaces folded into ``Ġ``);
-    ``unigram`` is a SentencePiece-style Unigram model over ``▁``-marked words (the LLaMA scheme).
+    ``unigram`` is a SentencePiece Unigram model over ``▁``-marked words (the LLaMA scheme), trained by
+    ``sentencepiece_unigram``; on a corpus too small for ``vocab_size`` pieces it has fewer.
     Two different schemes let the mini world test the paper's claim that distilled *text* transfers
     across tokenizers.
     """
@@ -67,22 +68,47 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
+        tok.train_from_iterator(texts, trainer=trainer)
     else:
-        tok = Tokenizer(models.Unigram())
+        # SentencePiece trains the Unigram pieces and scores, not the ``tokenizers`` UnigramTrainer: that
+        # one gives slightly different scores on every run, so the world's LLaMA model came out different
+        # in every build. The pieces then go into a ``tokenizers`` Unigram model, used like any other.
+        pieces = sentencepiece_unigram(texts, vocab_size, special_list)
+        tok = Tokenizer(models.Unigram(pieces, unk_id=special_list.index(specials["unk_token"])))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size,
-            special_tokens=special_list,
-            unk_token=specials["unk_token"],
-            show_progress=False,
-        )
-    tok.train_from_iterator(texts, trainer=trainer)
+        tok.add_special_tokens(special_list)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
     if fast.pad_token is None:  # GPT-2 convention: pad with EOS; padding is masked out everywhere
         fast.pad_token = fast.eos_token
     fast.padding_side = "left"
     return fast
+
+
+def sentencepiece_unigram(texts: Iterable[str], vocab_size: int, specials: list[str]) -> list[tuple[str, float]]:
+    """``(piece, score)`` of a SentencePiece Unigram model trained on ``texts``: ``specials`` first
+    (score 0), then the pieces, words marked with ``▁`` as ``tokenizers``' Metaspace marks them.
+
+    Deterministic: one thread, every text used (no sampling), no normalisation (the text as it is),
+    every character kept (``character_coverage`` 1), lines of any length.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    lines = [line for text in texts for line in text.split("\n") if line.strip()]
+    model = io.BytesIO()
+    ids = {f"{name}_id": -1 for name in ("bos", "eos", "unk", "pad")}
+    names = {"<s>": "bos", "</s>": "eos", "<unk>": "unk", "<pad>": "pad"}
+    extra = [t for t in specials if t not in names]
+    ids.update({f"{names[t]}_id": i for i, t in enumerate(specials) if t in names})
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="unigram", vocab_size=vocab_size,
+        character_coverage=1.0, normalization_rule_name="identity", num_threads=1, input_sentence_size=0,
+        max_sentence_length=1 << 16, hard_vocab_limit=False, user_defined_symbols=extra, minloglevel=2, **ids)
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [(processor.id_to_piece(i), float(processor.get_score(i))) for i in range(processor.get_piece_size())]
+    return [(piece, 0.0 if piece in specials else score) for piece, score in pieces]
 
 
 # ------------------------------------------------------------------------------------ small models

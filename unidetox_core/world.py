@@ -38,10 +38,10 @@ written last, atomically.
 trains the four models and the classifiers in two single-threaded worker processes (one per
 core). Measured from an empty cache on the shared 2-core machine (load average 1.4-2.2): 21 min
 wall, 34 CPU-minutes (``results/mini/world/build_fresh.json``, ``build_times.csv``). With one torch
-thread per process the BPE tokenizer and the GPT-2, OPT and evaluator weights come out
-bit-identical in every fresh build; the ``tokenizers`` Unigram trainer is not deterministic (same
-8,000 pieces, scores differing by up to 0.003 between runs), so ``llama-unigram`` differs slightly
-from build to build (held-out news perplexity 441.6 vs 442.0 in two builds).
+thread per process the tokenizers and the GPT-2, OPT and evaluator weights come out bit-identical
+in every fresh build. The Unigram pieces are trained by SentencePiece (``models.sentencepiece_unigram``):
+the ``tokenizers`` Unigram trainer used before gave scores differing by up to 0.003 between runs, so
+``llama-unigram`` and every result on it changed from build to build.
 """
 
 from __future__ import annotations
@@ -250,9 +250,12 @@ def corpus_config(settings: dict) -> dict:
 
 
 def tokenizer_config(settings: dict, kind: str) -> dict:
-    return {"step": f"tokenizer-{kind}", "corpus": corpus_config(settings), "kind": kind,
-            "vocab_size": settings["vocab_size"], "tokenizer_news_chars": settings["tokenizer_news_chars"],
-            "tokenizer_tweet_chars": settings["tokenizer_tweet_chars"]}
+    config = {"step": f"tokenizer-{kind}", "corpus": corpus_config(settings), "kind": kind,
+              "vocab_size": settings["vocab_size"], "tokenizer_news_chars": settings["tokenizer_news_chars"],
+              "tokenizer_tweet_chars": settings["tokenizer_tweet_chars"]}
+    if kind == "unigram":  # a new key for the SentencePiece-trained pieces (the BPE key is unchanged)
+        config["trainer"] = "sentencepiece"
+    return config
 
 
 def stream_config(settings: dict) -> dict:
