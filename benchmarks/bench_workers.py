@@ -1,11 +1,11 @@
 """Would two single-threaded evaluation workers beat one two-threaded process? (a benchmark, not a test)
 
-The chapters that only evaluate (results on the source model, across models) keep the 2-core
-machine's load average near 1.3: generating 20 tokens at a time with a 5 M-parameter model gives
-two torch threads too little work each. This times one evaluation of the mini source model
+Measured before the mini profile set ``eval_workers`` 2 and ``eval_threads`` 1: with one two-threaded
+process the evaluation chapters kept the 2-core machine's load average near 1.3 (generating 20 tokens
+at a time with a 5 M-parameter model gives two torch threads too little work each). This times one evaluation of the mini source model
 (``--prompts`` validation prompts x 25 continuations, both scorers, the evaluator's perplexity):
 
-- one process with 2 torch threads (what the chapters do now);
+- one process with 2 torch threads (what the chapters did before);
 - one process with 1 thread;
 - two 1-thread processes side by side, each with its own evaluation seed.
 

@@ -507,7 +507,13 @@ def evaluate_method(P: dict, method: str, model: str, value: Any = None, lr: flo
     from . import baselines as B
 
     spec = method_variant(P, method, model, value, lr, progress=progress)
-    row = evaluate(P, spec, split, seed, progress=progress)
+    return _method_row(method, spec, evaluate(P, spec, split, seed, progress=progress))
+
+
+def _method_row(method: str, spec: dict, row: dict) -> dict:
+    """``evaluate``'s ``row`` of ``spec``, named as ``evaluate_method`` names it (results name, NaNs)."""
+    from . import baselines as B
+
     grid = method in (B.UNIDETOX, B.SAMPLES) or method in B.PER_MODEL_METHODS
     row.update(method=method, hparam=spec["hparam"] if grid else "", value=spec["value"] if grid else np.nan,
                lr=spec.get("lr", np.nan) if method in (B.UNIDETOX, B.SAMPLES) else np.nan)
@@ -594,8 +600,8 @@ def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.
     (the pre-prompts and DExperts included, see ``mmlu``), ``P['eval_workers']`` at a time. Columns
     ``model``, ``label``, ``MMLU``, ``MMLU_unnormalized``, ``MMLU_questions``, ``MMLU_shots``."""
     specs = [method_variant(P, r.method, r.model, r.value, r.lr, progress=False) for r in settings.itertuples()]
-    pending = list({str(mmlu_path(P, spec)): (P, spec) for spec in specs if not mmlu_path(P, spec).exists()}.values())
-    run_side_by_side(P, _mmlu_job, pending, desc="MMLU", progress=progress)
+    pending = {str(path): (P, spec) for spec in specs if not (path := mmlu_path(P, spec)).exists()}
+    run_side_by_side(P, _mmlu_job, list(pending.values()), desc="MMLU", progress=progress)
     rows = []
     for r, spec in zip(settings.itertuples(), specs):
         result = mmlu(P, spec, progress=False)
@@ -614,8 +620,8 @@ def evaluate_methods(P: dict, jobs, progress: bool = True, desc: str = "evaluate
     (``evaluate_specs``)."""
     jobs = [tuple(job) for job in jobs]
     specs = [method_variant(P, method, model, value, lr, progress=False) for method, model, value, lr, _, _ in jobs]
-    evaluate_specs(P, [(spec, job[4], job[5]) for spec, job in zip(specs, jobs)], progress=progress, desc=desc)
-    return [evaluate_method(P, *job[:4], split=job[4], seed=job[5]) for job in jobs]
+    rows = evaluate_specs(P, [(spec, job[4], job[5]) for spec, job in zip(specs, jobs)], progress=progress, desc=desc)
+    return [_method_row(job[0], spec, row) for job, spec, row in zip(jobs, specs, rows)]
 
 
 def evaluate_specs(P: dict, jobs, progress: bool = True, desc: str = "evaluate") -> list[dict]:

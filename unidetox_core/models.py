@@ -42,7 +42,7 @@ class ModelNotFoundError(FileNotFoundError):
 def train_tokenizer(
     texts: Iterable[str], kind: Literal["bpe", "unigram"] = "bpe", vocab_size: int = 8000
 ) -> PreTrainedTokenizerFast:
-    """Train a tokenizer on ``texts`` with the ``tokenizers`` library.
+    """Train a tokenizer on ``texts``: a ``tokenizers`` tokenizer, whichever library learned it.
 
     ``bpe`` is byte-level BPE (the GPT-2 / OPT scheme: no unknown tokens, spaces folded into ``Ġ``);
     ``unigram`` is a SentencePiece Unigram model over ``▁``-marked words (the LLaMA scheme), trained by
