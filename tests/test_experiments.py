@@ -145,6 +145,25 @@ def test_evaluations_side_by_side_equal_one_after_the_other(P, tmp_path):
     assert "eval_workers" not in results_record(pooled)["settings"]
 
 
+def test_distillations_side_by_side_equal_one_after_the_other(P, tmp_path):
+    """``distilled_texts`` in two worker processes writes the same texts, in the order asked, as
+    ``distilled_text`` here one after the other with the same thread count; the toxic model is made
+    once, before the workers start; the thread count joins the text's key."""
+    from unidetox_core.profiles import load_profile
+
+    settings = {k: v for k, v in P.items() if k != "profile"} | {"eval_threads": 1, "distill_n_texts": 4,
+                                                                "distill_max_new_tokens": 5, "distill_batch_size": 2}
+    serial = load_profile("tiny", **settings | {"cache_dir": str(tmp_path / "serial"), "eval_workers": 1})
+    pooled = load_profile("tiny", **settings | {"cache_dir": str(tmp_path / "pooled"), "eval_workers": 2})
+    jobs = [dict(kind="unidetox"), dict(kind="samples", seed=1), dict(kind="cut_only"), dict(kind="unidetox")]
+    made = E.distilled_texts(pooled, jobs, progress=False)
+    one_by_one = [E.distilled_text(serial, progress=False, **job) for job in jobs]
+    assert made[0] == made[3] and len(set(made)) == 3
+    assert [E.read_texts(path) for path in made] == [E.read_texts(path) for path in one_by_one]
+    assert len(list((tmp_path / "pooled" / "toxic").iterdir())) == 1
+    assert E.distilled_text({**serial, "eval_threads": 0}, progress=False).parent.name != one_by_one[0].parent.name
+
+
 def test_side_by_side_failure_names_the_cause(P):
     with pytest.raises(ValueError, match="seed"):
         E.evaluate_specs({**P, "eval_workers": 2}, [(E.method_variant(P, B.BASE, P["source_model"]), "val", 0),
