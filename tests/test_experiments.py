@@ -169,3 +169,14 @@ def test_side_by_side_failure_names_the_cause(P):
         E.evaluate_specs({**P, "eval_workers": 2}, [(E.method_variant(P, B.BASE, P["source_model"]), "val", 0),
                                                    (E.method_variant(P, B.BASE, P["source_model"]), "val", -1)],
                          progress=False)
+
+
+def test_bf16_evaluation_has_its_own_keys_and_gives_a_full_row(P):
+    """``eval_bf16`` (the mini profile's CPU setting) changes what an evaluation and an MMLU run
+    compute, so it joins both keys; the evaluation still gives every metric."""
+    spec = E.method_variant(P, B.BASE, P["source_model"])
+    bf16 = {**P, "eval_bf16": True}
+    assert E.continuations_path(bf16, spec).parent.name != E.continuations_path(P, spec).parent.name
+    assert E.mmlu_path(bf16, spec).parent.name != E.mmlu_path(P, spec).parent.name
+    row = E.evaluate(bf16, spec, "val", 0, progress=False)
+    assert 0.0 <= row["TP_all"] <= 1.0 and row["ppl_rows"] > 0 and 0.0 < row["dist_1"] <= 1.0

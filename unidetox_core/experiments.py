@@ -306,6 +306,17 @@ def eval_threads(P: dict):
     return torch_threads(P["eval_threads"]) if P["eval_threads"] else contextlib.nullcontext()
 
 
+def eval_precision(P: dict):
+    """bf16 autocast on a CPU when ``P['eval_bf16']`` (the mini profile); otherwise nothing. Every
+    forward pass of generation, DExperts, LM-Steer, perplexity and MMLU honours it; their log-softmaxes
+    run on float32 copies of the logits."""
+    import torch
+
+    if P["eval_bf16"] and _cpu():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                        prompts: pd.DataFrame | None = None) -> Path:
     """Where ``evaluate`` keeps the scored continuations of one variant, split and seed (the cache key
@@ -318,6 +329,8 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
         config["ppl_samples"] = P["eval_ppl_samples"]
     if P["eval_threads"]:  # likewise: a fixed thread count is part of what determines the numbers
         config["threads"] = P["eval_threads"]
+    if P["eval_bf16"]:  # and so is the precision
+        config["bf16"] = True
     return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
 
 
@@ -352,7 +365,7 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         # "\n" only: to_csv leaves a lone "\r" (which a small model may generate) unquoted.
         frame = pd.read_csv(table, keep_default_na=False, lineterminator="\n")
     else:
-        with eval_threads(P), build_variant(P, spec) as (model, tokenizer, kwargs):
+        with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, kwargs):
             frame = generate.generate_continuations(
                 model, tokenizer, prompts["text"].tolist(), n=P["eval_n_continuations"],
                 max_new_tokens=P["eval_max_new_tokens"], top_p=P["eval_top_p"], seed=seed,
@@ -362,7 +375,7 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
         evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
         scored = perplexity_rows(P, frame)
-        with eval_threads(P):
+        with eval_threads(P), eval_precision(P):
             ppl, _ = metrics.conditional_perplexity(
                 evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(),
                 frame.loc[scored, "continuation"].tolist(), drop_threshold=float("inf"))
@@ -416,7 +429,7 @@ def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     applied = mmlu_method(spec)
-    with eval_threads(P), build_variant(P, spec) as (model, tokenizer, _):
+    with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, _):
         if "anti_expert" in applied:  # the toxic model build_variant loaded too: _load_cached holds it
             applied = {**applied, "anti_expert": _load_cached(applied["anti_expert"])[0]}
         result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress,
@@ -437,6 +450,8 @@ def mmlu_path(P: dict, spec: dict) -> Path:
         config["applied"] = applied
     if P["eval_threads"]:
         config["threads"] = P["eval_threads"]
+    if P["eval_bf16"]:
+        config["bf16"] = True
     return _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
 
 
