@@ -36,10 +36,10 @@ written last, atomically.
 
 **Cost and reproducibility.** :func:`build_world` runs the data steps in this process, then
 trains the four models and the classifiers in two single-threaded worker processes (one per
-core). Measured from an empty cache on the shared 2-core machine (load average 1.4-2.2): 21 min
-wall, 34 CPU-minutes (``results/mini/world/build_fresh.json``, ``build_times.csv``). With one torch
-thread per process the tokenizers and the GPT-2, OPT and evaluator weights come out bit-identical
-in every fresh build. The Unigram pieces are trained by SentencePiece (``models.sentencepiece_unigram``):
+core). In the timed cold build of the book (2-core machine, load average about 2) the world's
+chapter took 12.2 min (``results/mini/world/build_times.csv`` has each step; the larger world of
+earlier builds took 18.5-21 min). With one torch thread per process the tokenizers and the models'
+weights come out bit-identical in every fresh build. The Unigram pieces are trained by SentencePiece (``models.sentencepiece_unigram``):
 the ``tokenizers`` Unigram trainer used before gave scores differing by up to 0.003 between runs, so
 ``llama-unigram`` and every result on it changed from build to build.
 """
