@@ -105,12 +105,9 @@ def distilled_text(P: dict, kind: str = "unidetox", *, alpha: float | None = Non
     out_csv, run = _distillation(P, kind, alpha, seed, top_k, progress)
     if out_csv.exists() and out_csv.with_suffix(".json").exists():
         return out_csv
-    base, toxic, kwargs = run
+    base, toxic, kwargs = run  # toxic is None for the kinds that sample the base model alone
     with eval_threads(P):
-        if kind == "unidetox":
-            distill.run_distillation(base, toxic, out_csv, **kwargs)
-        else:
-            distill.run_distillation(base, None, out_csv, **kwargs)
+        distill.run_distillation(base, toxic, out_csv, **kwargs)
     return out_csv
 
 
@@ -317,6 +314,13 @@ def eval_precision(P: dict):
     return contextlib.nullcontext()
 
 
+def _numerics_key(P: dict) -> dict:
+    """What an evaluation's or MMLU run's key adds for how it computes: the fixed thread count and bf16,
+    only when set, so the keys of runs made without them stay as they were."""
+    extra = {"threads": P["eval_threads"]} if P["eval_threads"] else {}
+    return {**extra, "bf16": True} if P["eval_bf16"] else extra
+
+
 def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                        prompts: pd.DataFrame | None = None) -> Path:
     """Where ``evaluate`` keeps the scored continuations of one variant, split and seed (the cache key
@@ -327,10 +331,7 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                   scorers=[P["toxicity_scorer"], P["second_toxicity_scorer"]], evaluator=P["evaluator_model"])
     if P["eval_ppl_samples"]:  # only when set, so the keys of the full evaluations stay as they were
         config["ppl_samples"] = P["eval_ppl_samples"]
-    if P["eval_threads"]:  # likewise: a fixed thread count is part of what determines the numbers
-        config["threads"] = P["eval_threads"]
-    if P["eval_bf16"]:  # and so is the precision
-        config["bf16"] = True
+    config.update(_numerics_key(P))  # thread count and precision determine the numbers too
     return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
 
 
@@ -448,10 +449,7 @@ def mmlu_path(P: dict, spec: dict) -> Path:
     if applied:  # only then, so that the other variants keep their cached results
         # Earlier versions scored these variants' bare model under the same spec: a new key.
         config["applied"] = applied
-    if P["eval_threads"]:
-        config["threads"] = P["eval_threads"]
-    if P["eval_bf16"]:
-        config["bf16"] = True
+    config.update(_numerics_key(P))
     return _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
 
 

@@ -109,9 +109,11 @@ WORLD_SETTINGS: dict[str, dict[str, Any]] = {
             # evaluator for 480 steps: 18.5 minutes for the world alone, and every later stage paid for
             # the larger models again; at this size a forward pass costs about half as much.
             # The source model trains 480 steps: it is the one that distils, and after 360 its samples
-            # under the plausibility cut (alpha 0.1) ran into whitespace -- 16 words per 255-token
-            # text, mean support 4 tokens -- so the UniDetox text was mostly blank. After 480 steps:
-            # 90 words, support 12 (64 texts, seed 0; the 5.3 M model of earlier builds: 134 and 17).
+            # under the plausibility cut (alpha 0.1) ran into whitespace -- its 640 cut-only texts
+            # averaged 16 words per 255 tokens, mean support 4 tokens -- and the UniDetox text was
+            # mostly blank (9 words). After 480 steps:
+            # 90 words, support 12 (64 texts, seed 0; the 640 cut-only texts of the 5.3 M model of
+            # earlier builds: 134 words, support 17).
             "gpt2-bpe": {"arch": "gpt2", "tokenizer": "bpe", "d_model": 192, "n_layer": 4, "n_head": 4,
                          "context": 256, "steps": 480, "batch_size": 8, "lr": 2e-3, "init_seed": 0},
             "opt-bpe": {"arch": "opt", "tokenizer": "bpe", "d_model": 192, "n_layer": 4, "n_head": 4,
