@@ -55,7 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from unidetox_core import data, distill, generate, metrics, models, profiles, scorers, world  # noqa: E402
+from unidetox_core import data, distill, forward, generate, metrics, models, profiles, scorers, world  # noqa: E402
 
 # Per profile: the sizes each figure runs at (the mini ones are the issue's).
 SETTINGS = {
@@ -316,7 +316,7 @@ def fitting_prompts(M, profile: str, n: int) -> list[str]:
     """``n`` test prompts that fit both models' windows with their continuations (the official loop
     cannot cut them; on the mini models all fit)."""
     P = profiles.load_profile(profile)
-    room = min(generate.max_positions(M["base"]) or 10 ** 9, generate.max_positions(M["evaluator"]) or 10 ** 9)
+    room = min(forward.max_positions(M["base"]) or 10 ** 9, forward.max_positions(M["evaluator"]) or 10 ** 9)
     room -= 2 * P["eval_max_new_tokens"]
     texts = eval_prompt_texts(profile, 10 * n)
     return [t for t in texts if len(M["tok"](t).input_ids) <= room and len(M["ev_tok"](t).input_ids) <= room][:n]
@@ -375,7 +375,7 @@ def mmlu_per_choice(model, tok, questions, dev, k_shot: int) -> float:
 def figure_mmlu(M, S, repeat: int, profile: str) -> dict:
     P = profiles.load_profile(profile)
     pool, dev, source = mmlu_frames(profile, 20 * S["mmlu"])
-    limit = generate.max_positions(M["base"]) or 10 ** 9
+    limit = forward.max_positions(M["base"]) or 10 ** 9
     # The per-choice loop cannot cut prompts to the window: take questions whose prompt fits it
     # (with fewer shots if none fit, as on the tiny models' 64 positions).
     for k_shot in range(P["mmlu_shots"], -1, -1):
@@ -470,7 +470,7 @@ def check_kv_formula(M) -> str:
     base = M["base"]
     with torch.inference_mode():
         out = base(input_ids=torch.zeros((3, 17), dtype=torch.long), use_cache=True)
-    cache = generate.out_cache(out)
+    cache = forward.out_cache(out)
     actual = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
                  for layer in cache.layers)
     config = base.config

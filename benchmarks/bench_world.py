@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unidetox_core import models  # noqa: E402
-from unidetox_core.finetune import _accumulate_gradients  # noqa: E402
+from unidetox_core.finetune import accumulate_gradients  # noqa: E402
 
 SIZES = {
     "gpt2 (5 M)": ("gpt2", dict(d_model=256, n_layer=4, n_head=4)),
@@ -49,7 +49,7 @@ def time_steps(arch: str, sizes: dict, threads: int, bf16: bool, steps: int, bat
     times = []
     for _ in range(steps + 1):  # the first step warms up the allocator and oneDNN kernels
         started = time.perf_counter()
-        _accumulate_gradients(model, seqs, 0, 1, torch.device("cpu"), bf16)
+        accumulate_gradients(model, seqs, 0, 1, torch.device("cpu"), bf16)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - started)

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from unidetox_core import analysis
+from unidetox_core import analysis, stages
+from unidetox_core.cache import config_key
 from unidetox_core.profiles import load_profile
 
 
@@ -78,66 +78,45 @@ def test_paper_reports_are_complete():
 
 
 # -------------------------------------------------------------------------------- compute records
-def _history(steps, wall, tokens):
-    return {"step": list(range(1, steps + 1)), "loss": [1.0] * steps, "lr": [1e-3] * steps, "checkpoints": [],
-            "tokens": tokens, "wall_time_s": wall}
+def _run(P, stage, label, config, seconds, **facts):
+    """Record a run of ``stage`` as ``stages.timed`` does, with a chosen duration."""
+    record = {"stage": stage, "label": label, "profile": P["profile"], "key": config_key(config),
+              "folder": f"{stage}/{label}-{config_key(config)}", "seconds": seconds, "cpu_seconds": seconds,
+              **facts, "config": config}
+    stages.log_run(P["cache_dir"], record)
 
 
-def _checkpoint(folder, step, wall, tokens, **settings):
-    path = folder / f"step-{step}"
-    path.mkdir(parents=True)
-    torch.save({"step": step, "settings": settings, "history": _history(step, wall, tokens)}, path / "training_state.pt")
+def test_stage_times_reads_the_run_log_of_the_profile(tmp_path):
+    P = load_profile("paper", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    other = {**P, "profile": "tiny"}
+    _run(P, "toxic", "gpt2-xl", {"lr": 1e-5}, 12.0, model="gpt2-xl", steps=6, tokens=600)
+    _run(P, "distilled", "unidetox", {"seed": 0}, 5.0, text="unidetox", seed=0, alpha=0.1, top_k=0)
+    _run(other, "distilled", "unidetox", {"seed": 0}, 1.0)  # another profile sharing the cache
+    _run(P, "distilled", "unidetox", {"seed": 0}, 7.0, text="unidetox", seed=0, alpha=0.1, top_k=0)  # ran again
+    times = analysis.stage_times(P)
+    assert times["stage"].tolist() == ["toxic", "distilled"]
+    assert times.loc[0, "seconds"] == 12.0 and times.loc[0, "steps"] == 6 and times.loc[0, "model"] == "gpt2-xl"
+    assert times.loc[1, "seconds"] == 7.0 and times.loc[1, "alpha"] == 0.1  # its last run
+    assert np.isnan(times.loc[1, "lr"])
+    assert analysis.world_times(P).empty
 
 
-@pytest.fixture()
-def fake_cache(tmp_path):
-    """A cache with the folders the stages write, for a profile whose source model is ``base/A``."""
-    P = load_profile("paper", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"),
-                     source_model="base/A", target_models=["base/B"], distill_n_texts=16, distill_max_new_tokens=24,
-                     toxic_epochs=2, toxic_batch_size=4, toxic_max_texts=10, detox_batch_size=8, detox_max_length=32)
+def test_timed_stages_write_a_manifest_and_a_line_of_the_log(tmp_path):
     cache = tmp_path / "cache"
-    meta = {"base_model": "base/A", "n_texts": 16, "max_new_tokens": 24, "seed": 0, "alpha": 0.1, "top_k": 0,
-            "wall_time_s": 12.0, "tokens_per_s": 30.0, "generated_tokens": 360}
-    for name, extra in (("unidetox-aaa", {}), ("samples-bbb", {"alpha": 0.0}), ("unidetox-old", {"n_texts": 640}),
-                        ("unidetox-other", {"base_model": "someone/else"})):
-        (cache / "distilled" / name).mkdir(parents=True)
-        (cache / "distilled" / name / "texts.json").write_text(json.dumps({**meta, **extra}))
-    toxic = cache / "toxic" / "A-123"
-    (toxic / "final").mkdir(parents=True)
-    config = {"base": "base/A", "epochs": 2, "batch_size": 4, "lr": 1e-5, "max_length": 512, "max_texts": 10}
-    (toxic / "config.json").write_text(json.dumps(config))
-    _checkpoint(toxic / "checkpoints", 2, 4.0, 100)
-    _checkpoint(toxic / "checkpoints", 4, 8.0, 200)  # 2 epochs x ceil(10 / 4) = 6 steps in all
-    settings = {"lr": 5e-5, "batch_size": 8, "max_length": 32}
-    _checkpoint(cache / "detox" / "B-unidetox-aaa-k1", 2, 1.0, 50, **settings)
-    _checkpoint(cache / "detox" / "B-unidetox-aaa-k1", 4, 3.0, 100, **settings)
-    _checkpoint(cache / "detox" / "A-unidetox-other-k2", 4, 3.0, 100, **settings)  # another profile's text
-    return P
-
-
-def test_stage_times_reads_what_each_stage_recorded(fake_cache):
-    times = analysis.stage_times(fake_cache, n_toxic_texts=1000).set_index(["stage", "detail"])
-    assert sorted(times.index.get_level_values("stage")) == ["detox fine-tuning", "distillation", "distillation", "toxic model"]
-    distilled = times.loc[("distillation", "unidetox, seed 0, alpha 0.1")]
-    assert distilled["seconds"] == 12.0 and distilled["tokens_per_s"] == 30.0 and distilled["model"] == "base/A"
-    assert ("distillation", "samples, seed 0") in times.index
-    assert distilled["text"] == "unidetox" and distilled["seed"] == 0 and distilled["alpha"] == 0.1
-    toxic = times.xs("toxic model", level="stage").iloc[0]
-    assert toxic["steps"] == 6 and toxic["seconds"] == pytest.approx(12.0)  # 2 s a step, 6 steps
-    assert toxic["how"] == "estimated from step 4 of 6"
-    detox = times.xs("detox fine-tuning", level="stage").iloc[0]
-    assert detox["model"] == "base/B" and detox["steps"] == 4 and detox["seconds"] == 3.0
-    assert detox["text"] == "unidetox" and detox["lr"] == 5e-5 and detox["seed"] == 0
-    assert "unidetox, seed 0, alpha 0.1 text, lr 5e-05" == times.xs("detox fine-tuning", level="stage").index[0]
-    assert detox["tokens_per_s"] == pytest.approx(100 / 3.0)
-
-
-def test_stage_times_prefers_a_recorded_toxic_time(fake_cache, tmp_path):
-    config_path = tmp_path / "cache" / "toxic" / "A-123" / "config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "wall_time_s": 99.0, "steps": 6}))
-    toxic = analysis.stage_times(fake_cache, n_toxic_texts=1000).query("stage == 'toxic model'").iloc[0]
-    assert toxic["seconds"] == 99.0 and toxic["how"] == "recorded"
+    where = stages.folder(cache, "eval", "base-gpt2-bpe", {"seed": 1})
+    assert where == cache / "eval" / f"base-gpt2-bpe-{config_key({'seed': 1})}"
+    with stages.timed(cache, "eval", "base-gpt2-bpe", {"seed": 1}, profile="tiny") as record:
+        record["continuations"] = 50
+    manifest = stages.manifest(where)
+    assert manifest["continuations"] == 50 and manifest["config"] == {"seed": 1} and manifest["seconds"] >= 0
+    assert manifest["folder"] == f"eval/{where.name}" and manifest["profile"] == "tiny"
+    with pytest.raises(RuntimeError), stages.timed(cache, "eval", "failed", {"seed": 2}):
+        raise RuntimeError("a stage that fails is not recorded")
+    log = stages.run_log(cache)
+    assert log["label"].tolist() == ["base-gpt2-bpe"] and stages.manifest(stages.folder(cache, "eval", "failed",
+                                                                                       {"seed": 2})) is None
+    (cache / stages.RUN_LOG).open("a").write('{"stage": "cut')  # a line cut by a killed process is skipped
+    assert len(stages.run_log(cache)) == 1
 
 
 def test_stage_times_of_an_empty_cache_is_an_empty_table(tmp_path):
@@ -146,21 +125,11 @@ def test_stage_times_of_an_empty_cache_is_an_empty_table(tmp_path):
     assert times.empty and "seconds" in times.columns
 
 
-def test_profile_model_paths_and_times_without_a_world(tmp_path):
+def test_notebook_times_without_runs_and_after_one(tmp_path):
     P = load_profile("paper", cache_dir=str(tmp_path), results_dir=str(tmp_path))
-    assert analysis.profile_model_paths(P)["openai-community/gpt2-xl"] == "openai-community/gpt2-xl"
     assert analysis.world_times(P).empty
     assert analysis.notebook_times(P).empty
     (tmp_path / ".notebook_keys.json").write_text(json.dumps(
         {"notebooks/01_data.ipynb": {"seconds": 3.5, "finished": "today", "key": "k", "output": "o"}}))
     assert analysis.notebook_times(P).to_dict("records") == [
         {"notebook": "notebooks/01_data.ipynb", "seconds": 3.5, "finished": "today"}]
-
-
-def test_profile_model_paths_of_a_world_profile_point_into_its_cache(tmp_path):
-    P = load_profile("tiny", cache_dir=str(tmp_path / "cache"))
-    paths = analysis.profile_model_paths(P)
-    assert set(paths) == {"world:gpt2-bpe", "world:opt-bpe", "world:llama-unigram", "world:evaluator"}
-    for name, path in paths.items():
-        assert path.startswith(str(tmp_path / "cache" / "world" / name.split(":")[1]))
-    assert not (tmp_path / "cache").exists()  # nothing was built

@@ -467,9 +467,10 @@ def test_a_notebook_that_has_not_run_says_so():
     assert all(build_book.PENDING_MARKER not in c.source for c in build_book.translate_notebook(nb).cells)
 
 
-def test_injected_parameters_cell_is_dropped_only_when_it_repeats_the_defaults():
-    """papermill's injected cell (``profile = "mini"``) adds nothing on a default run; with other
-    values it stays, so the page shows what the chapter ran with."""
+def test_injected_parameters_cell_is_hidden_only_when_it_repeats_the_defaults():
+    """papermill's injected cell (``profile = "mini"``) adds nothing on a default run: the runner gives
+    it the cell option ``include: false``, which both renderers honour; with other values it stays,
+    so the page shows what the chapter ran with."""
     def chapter(injected: str):
         nb = nbformat.v4.new_notebook()
         params = nbformat.v4.new_code_cell('profile = "mini"  # which world\nseeds = None', execution_count=1)
@@ -479,10 +480,18 @@ def test_injected_parameters_cell_is_dropped_only_when_it_repeats_the_defaults()
         nb.cells = [nbformat.v4.new_markdown_cell("# C"), params, inject, nbformat.v4.new_code_cell("x = 1", execution_count=3)]
         return nb
 
-    same = build_book.translate_notebook(chapter('# Parameters\nprofile = "mini"\n'))
-    assert [c.source for c in same.cells if c.cell_type == "code"] == ['profile = "mini"  # which world\nseeds = None', "x = 1"]
+    default_run = chapter('# Parameters\nprofile = "mini"\n')
+    assert build_book.hide_redundant_injected_parameters(default_run)
+    assert default_run.cells[2].source == '#| include: false\n# Parameters\nprofile = "mini"\n'
+    assert build_book.hide_redundant_injected_parameters(default_run)  # again: the option is not doubled
+    assert default_run.cells[2].source.count("include: false") == 1
+    same = build_book.translate_notebook(default_run)
+    shown = [c for c in same.cells if c.cell_type == "code" and "remove-cell" not in c.metadata.get("tags", [])]
+    assert [c.source for c in shown] == ['profile = "mini"  # which world\nseeds = None', "x = 1"]
     for other in ('# Parameters\nprofile = "paper"\n', "# Parameters\nseeds = [0, 1]\n", "# Parameters\nx = f(1)\n"):
-        kept = build_book.translate_notebook(chapter(other))
-        assert sum(c.cell_type == "code" for c in kept.cells) == 3, other
+        nb = chapter(other)
+        assert not build_book.hide_redundant_injected_parameters(nb), other
+        kept = build_book.translate_notebook(nb)
+        assert not any("remove-cell" in c.metadata.get("tags", []) for c in kept.cells), other
     assert build_book.literal_assignments('a = 1\nb = "x"  # c') == {"a": 1, "b": "x"}
     assert build_book.literal_assignments("a = f()") is None and build_book.literal_assignments("import os") is None

@@ -52,7 +52,7 @@ def reference_decode(base, toxic, *, n, max_new_tokens, start, eos, generator, a
             else:
                 lp_toxic = torch.log_softmax(toxic(input_ids=ids).logits[0, -1].float(), -1)
                 rows.append(distill.contrastive_scores(lp_base, lp_toxic, alpha))
-        chosen = distill.sample_next_tokens(torch.stack(rows), generator, temperature, top_k)
+        chosen = distill.gumbel_sample(distill.keep_top_k(torch.stack(rows), top_k), generator, temperature)
         for b in range(n):
             if not done[b]:
                 seqs[b].append(int(chosen[b]))
@@ -114,9 +114,9 @@ def test_gumbel_sampling_follows_the_softmax():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     scores = torch.log(probs).expand(20000, 4) + 3.0  # a constant shift must not matter
     gen = torch.Generator().manual_seed(0)
-    counts = torch.bincount(distill.sample_next_tokens(scores, gen), minlength=4).float()
+    counts = torch.bincount(distill.gumbel_sample(scores, gen), minlength=4).float()
     assert chi_square(counts, probs) < 16.3  # chi^2, 3 d.o.f., p = 0.001
-    hot = torch.bincount(distill.sample_next_tokens(scores, gen, temperature=0.5), minlength=4).float()
+    hot = torch.bincount(distill.gumbel_sample(scores, gen, temperature=0.5), minlength=4).float()
     assert chi_square(hot, torch.softmax(torch.log(probs) / 0.5, -1)) < 16.3
 
 
@@ -272,8 +272,8 @@ def test_tokenizer_copies_match_whatever_their_last_call_was(bpe_tokenizer, unig
     # difference in vocabulary.
     other = copy.deepcopy(bpe_tokenizer)
     other(["a b c"], truncation=True, max_length=3)
-    assert distill.same_vocabulary(bpe_tokenizer, other)
-    assert not distill.same_vocabulary(bpe_tokenizer, unigram_tokenizer)
+    assert models.same_tokenizer(bpe_tokenizer, other)
+    assert not models.same_tokenizer(bpe_tokenizer, unigram_tokenizer)
 
 
 def test_plausibility_cut_alone_with_alpha_one_is_greedy_decoding(tiny_gpt2):

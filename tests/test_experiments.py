@@ -29,8 +29,8 @@ def test_method_variant_maps_results_names_to_variants(P):
     model = P["source_model"]
     assert E.method_variant(P, B.BASE, model)["method"] == "base"
     short = E.method_variant(P, B.PREPROMPT_SHORT, model)
-    assert (short["method"], short["value"]) == ("preprompt", "short")
-    assert E.method_variant(P, B.PREPROMPT_LONG, model)["value"] == "long"
+    assert (short["method"], short["hparam"], short["value"]) == (B.PREPROMPT_SHORT, "", None)
+    assert E.method_variant(P, B.PREPROMPT_LONG, model)["method"] == B.PREPROMPT_LONG
     with pytest.raises(ValueError, match="unknown"):
         E.method_variant(P, "lm_steer_typo", model)
     with pytest.raises(ValueError, match="lr="):
@@ -80,7 +80,7 @@ def test_mmlu_applies_the_preprompt_and_dexperts(P, tiny_gpt2_toxic_path):
     from unidetox_core import metrics
 
     model = P["source_model"]
-    test, dev = E._mmlu_questions(json.dumps(P, sort_keys=True, default=str))
+    test, dev = E._mmlu_questions(json.dumps(dict(P), sort_keys=True, default=str))
     base_model, tokenizer = E._load_cached(model)
     anti_expert, _ = E._load_cached(str(tiny_gpt2_toxic_path))
     dexperts = E.variant("dexperts", model, E.resolve_model(P, model), "beta", 1.0, toxic=str(tiny_gpt2_toxic_path))

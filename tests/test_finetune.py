@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from unidetox_core import finetune, models
+from unidetox_core import finetune, forward, models
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,6 +25,11 @@ def same_weights(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def padded(sequences, pad_id, length=None) -> dict:
+    ids, mask = forward.right_pad(sequences, pad_id, length=length)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def fresh(path):
     return models.load_model(str(path), device="cpu")
 
@@ -32,7 +37,7 @@ def fresh(path):
 def mean_nll(model, tok, texts) -> float:
     seqs = finetune.tokenize_texts(tok, texts, 64)
     with torch.no_grad():
-        nll, n = finetune.summed_token_nll(model.eval(), **finetune.pad_right(seqs, tok.pad_token_id))
+        nll, n = finetune.summed_token_nll(model.eval(), **padded(seqs, tok.pad_token_id))
     return float(nll) / n
 
 
@@ -69,9 +74,9 @@ def test_padding_changes_neither_loss_nor_gradients(family, tiny_gpt2, tiny_llam
         nll.backward()
         return float(nll.detach()), n, [p.grad.clone() for p in model.parameters()]
 
-    tight = loss_and_grads(finetune.pad_right(seqs, tok.pad_token_id))
-    loose = loss_and_grads(finetune.pad_right(seqs, tok.pad_token_id, length=max(map(len, seqs)) + 9))
-    alone = [loss_and_grads(finetune.pad_right([s], tok.pad_token_id)) for s in seqs]
+    tight = loss_and_grads(padded(seqs, tok.pad_token_id))
+    loose = loss_and_grads(padded(seqs, tok.pad_token_id, length=max(map(len, seqs)) + 9))
+    alone = [loss_and_grads(padded([s], tok.pad_token_id)) for s in seqs]
     assert tight[1] == loose[1] == sum(len(s) - 1 for s in seqs) == sum(a[1] for a in alone)
     assert tight[0] == pytest.approx(loose[0], rel=1e-6) == pytest.approx(sum(a[0] for a in alone), rel=1e-6)
     for i, (g1, g2) in enumerate(zip(tight[2], loose[2])):
@@ -84,7 +89,7 @@ def test_a_real_eos_inside_a_text_counts_though_pad_is_eos(bpe_tokenizer):
     eos = bpe_tokenizer.eos_token_id
     assert bpe_tokenizer.pad_token_id == eos
     seqs = [[eos, 5, eos, 7], [eos, 5]]
-    batch = finetune.pad_right(seqs, eos)
+    batch = padded(seqs, eos)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     model = models.build_small_model("gpt2", bpe_tokenizer, d_model=16, n_layer=1, n_head=2, max_positions=16)
     assert finetune.summed_token_nll(model, **batch)[1] == 3 + 1
@@ -97,7 +102,7 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tiny_gpt2, te
     grads = []
     for accum in (1, 3):
         model.zero_grad()
-        loss, n = finetune._accumulate_gradients(model, seqs, tok.pad_token_id, accum, torch.device("cpu"), False)
+        loss, n = finetune.accumulate_gradients(model, seqs, tok.pad_token_id, accum, torch.device("cpu"), False)
         grads.append((loss, n, [p.grad.clone() for p in model.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6) and grads[0][1] == grads[1][1]
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(grads[0][2], grads[1][2]))

@@ -142,11 +142,11 @@ def test_nucleus_by_hand():
     logprobs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(4, 1)
     uniforms = torch.tensor([0.0, 0.6, 0.63, 0.99])
     # top_p=0.7 keeps {0.5, 0.3} (the token crossing 0.7 is kept): renormalised CDF 0.625, 1.0.
-    assert generate.sample_next_tokens(logprobs, uniforms, 1.0, 0.7).tolist() == [0, 0, 1, 1]
+    assert generate.nucleus_sample(logprobs, uniforms, 1.0, 0.7).tolist() == [0, 0, 1, 1]
     # top_p=0.5 keeps only the first token; top_p=1 keeps all: CDF .5 .8 .95 1.
-    assert generate.sample_next_tokens(logprobs, uniforms, 1.0, 0.5).tolist() == [0, 0, 0, 0]
-    assert generate.sample_next_tokens(logprobs, uniforms, 1.0, 1.0).tolist() == [0, 1, 1, 3]
-    assert generate.sample_next_tokens(logprobs, uniforms, 0.0, 0.9).tolist() == [0, 0, 0, 0]
+    assert generate.nucleus_sample(logprobs, uniforms, 1.0, 0.5).tolist() == [0, 0, 0, 0]
+    assert generate.nucleus_sample(logprobs, uniforms, 1.0, 1.0).tolist() == [0, 1, 1, 3]
+    assert generate.nucleus_sample(logprobs, uniforms, 0.0, 0.9).tolist() == [0, 0, 0, 0]
 
 
 def test_empty_and_overlong_prompts(tiny_gpt2):
@@ -190,4 +190,4 @@ def test_fast_nucleus_equals_a_full_sort(scale):
     uniforms = torch.rand(64, generator=generator, dtype=torch.float64)
     probs = torch.softmax(logprobs / 0.8, -1)
     reference = generate._inverse_cdf(*probs.sort(dim=-1, descending=True, stable=True), uniforms, 0.9)
-    assert torch.equal(generate.sample_next_tokens(logprobs, uniforms, 0.8, 0.9), reference)
+    assert torch.equal(generate.nucleus_sample(logprobs, uniforms, 0.8, 0.9), reference)

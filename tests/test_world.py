@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from unidetox_core import data, models, world
+from unidetox_core import data, experiments, models, world
 from unidetox_core.cache import config_key
 from unidetox_core.profiles import load_profile
 
@@ -80,7 +80,7 @@ def test_held_out_and_reserved_text_stay_out_of_the_web_text(settings, profile):
     overlap = set(toxic) & web_tweets
     assert len(overlap) < 0.02 * len(toxic)
     # The profile's toxic corpus ("world") is this reserved half, not every toxic tweet.
-    assert profile["toxic_corpus"] == "world" and data.load_toxic_texts(profile) == toxic
+    assert profile["toxic_corpus"] == "world" and experiments.toxic_texts(profile) == toxic
     held_out_news = set(documents.loc[(documents["kind"] == "news") & (documents["split"] == "heldout"), "source_id"])
     articles = world.load_articles("random").set_index("ID")
     assert set(articles.loc[list(held_out_news), "split"]) == {"valid"}

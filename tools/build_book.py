@@ -779,6 +779,21 @@ def _tags(cell) -> list:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
+HIDDEN = "#| include: false\n"
+
+
+def hide_redundant_injected_parameters(nb) -> bool:
+    """Give papermill's injected cell the cell option ``include: false`` when it only repeats the
+    chapter's defaults (``redundant_injected_parameters``), so Quarto and the Jupyter Book build both
+    leave it out of the page; returns whether it did. The runner calls this on every executed chapter."""
+    if not redundant_injected_parameters(nb):
+        return False
+    injected = next(c for c in nb.cells if c.cell_type == "code" and "injected-parameters" in _tags(c))
+    if not injected.source.startswith(HIDDEN):
+        injected.source = HIDDEN + injected.source
+    return True
+
+
 def redundant_injected_parameters(nb) -> bool:
     """True when papermill's injected ``# Parameters`` cell only repeats defaults of the chapter's
     ``parameters`` cell (``profile = "mini"`` on a default run): the page then need not show it. A
@@ -796,8 +811,6 @@ def translate_notebook(nb):
     """A Quarto-flavoured executed notebook -> the notebook Jupyter Book renders (outputs kept)."""
     nb = copy.deepcopy(nb)
     cells, title = [], None
-    if redundant_injected_parameters(nb):
-        nb.cells = [c for c in nb.cells if "injected-parameters" not in _tags(c)]
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "raw" and index == 0 and cell.source.lstrip().startswith("---"):
             meta, _ = split_front_matter(cell.source.lstrip())  # Quarto's front matter cell

@@ -57,7 +57,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling build_book, however this is run
 
-from build_book import chapter_paths, load_quarto_config  # noqa: E402
+from build_book import chapter_paths, hide_redundant_injected_parameters, load_quarto_config  # noqa: E402
 from unidetox_core import profiles  # noqa: E402
 from unidetox_core.cache import atomic_path, write_json_atomic  # noqa: E402
 
@@ -302,6 +302,9 @@ def execute(notebook: Path, output: Path, parameters: dict, failed_dir: Path) ->
                 failed_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(tmp, failed_dir / notebook.name)
             raise
+        executed = nbformat.read(tmp, as_version=4)
+        if hide_redundant_injected_parameters(executed):  # the page need not repeat the defaults
+            nbformat.write(executed, tmp)
 
 
 def append_run(path: Path, notebook: str, record: dict, key: str) -> None:

@@ -67,7 +67,8 @@ def gradient_alignment(base, toxic, tokenizer, texts: Sequence[str], *, max_leng
     """
     import pandas as pd
 
-    from .finetune import model_device, summed_token_nll, tokenize_texts
+    from .finetune import summed_token_nll, tokenize_texts
+    from .forward import model_device, pad_id_of
 
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
@@ -77,7 +78,7 @@ def gradient_alignment(base, toxic, tokenizer, texts: Sequence[str], *, max_leng
     tau_norm = float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values())))
     names, params = zip(*base.named_parameters())
     sequences = tokenize_texts(tokenizer, texts, max_length, prepend_bos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
 
     base_was_training, toxic_was_training = base.training, toxic.training
     base.eval()
@@ -124,11 +125,11 @@ def _sequence_logprobs(model, sequences, pad_id) -> list[float]:
     """``log p(x)`` of each (unpadded) sequence, computed in one right-padded batch."""
     import torch.nn.functional as F
 
-    from .finetune import at_least_float32, model_device, pad_right
+    from .forward import at_least_float32, model_device, right_pad
 
-    batch = {k: v.to(model_device(model)) for k, v in pad_right(sequences, pad_id).items()}
-    logits = at_least_float32(model(**batch).logits[:, :-1])
-    labels = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+    ids, mask = right_pad(sequences, pad_id, model_device(model))
+    logits = at_least_float32(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return (-nll.sum(dim=1)).tolist()
 
@@ -244,225 +245,35 @@ def leaning_shares(probabilities, labels: Sequence[str] = ("left", "center", "ri
 # =============================================================================================
 
 
-def profile_model_paths(P: dict) -> dict[str, str]:
-    """Each model name of profile ``P`` -> the path or hub id its cached stages record, without
-    building anything: a ``world:`` model's folder under ``<cache_dir>/world``, a hub id unchanged."""
-    from . import world
+def stage_times(P: dict):
+    """The stages profile ``P`` computed, from the run log (``stages.run_log``), one row per stage
+    folder (its last run when it ran more than once), in the order they finished.
 
-    names = [P["source_model"], *P["target_models"], P["evaluator_model"]]
-    paths = {}
-    for name in dict.fromkeys(n for n in names if n):
-        if name.startswith("world:"):
-            settings = world.world_settings(P)
-            short = name.split(":", 1)[1]
-            paths[name] = str(world.step_path(settings, short, world.model_config(settings, short)))
-        else:
-            paths[name] = name
-    return paths
-
-
-def _training_history(folder) -> dict | None:
-    """The ``history`` saved in the newest ``step-*/training_state.pt`` under ``folder`` (None if none).
-    Read memory-mapped: the newest state also holds the optimizer, twice the size of the weights."""
-    from pathlib import Path
-
-    steps = []
-    for path in Path(folder).glob("step-*"):
-        suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / "training_state.pt").exists():
-            steps.append((int(suffix), path / "training_state.pt"))
-    if not steps:
-        return None
-    step, state_file = max(steps)
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError):  # an old (non-zip) file cannot be memory-mapped
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    history = dict(state["history"])
-    history["last_step"] = step
-    history["settings"] = state.get("settings", {})
-    return history
-
-
-def stage_times(P: dict, model_paths: dict[str, str] | None = None, n_toxic_texts: int | None = None):
-    """One row per cached run of profile ``P`` that recorded its time, as a DataFrame:
-
-    - ``toxic model`` (``experiments.toxic_model``): the fine-tuning history of its newest checkpoint.
-      Checkpoints stop short of the last step (``save_steps`` excludes the end), so ``seconds`` is
-      the recorded time per step times the run's total steps, marked ``estimated``; the total is
-      ``toxic_epochs * ceil(n / toxic_batch_size)`` with ``n`` the toxic texts used (``n_toxic_texts``,
-      else counted with ``data.load_toxic_texts``). A ``wall_time_s`` in the stage's ``config.json``
-      is used as recorded when a later version writes one.
-    - ``distillation`` (``experiments.distilled_text``): the JSON metadata's wall time and tokens/s.
-    - ``detox fine-tuning`` (``experiments.detox_checkpoints``): the newest checkpoint's history
-      (one run to the largest step of the grid).
-
-    Only runs made with the profile's present sizes count (texts and lengths for distillation,
-    epochs / batch / lr / lengths for the toxic model, batch and length for fine-tuning): a cache
-    may still hold runs of an earlier setting.
-
-    Columns: ``stage``, ``model`` (the profile's name), ``detail`` (a readable label), for the text
-    stages ``text`` (``unidetox``, ``samples``, ``cut_only``, ``clean_news``), ``seed``, ``alpha`` and
-    ``top_k`` of the text, ``lr`` (fine-tuning), then ``seconds``, ``steps``, ``tokens``,
-    ``tokens_per_s``, ``how`` (``recorded`` / ``estimated ...``) and ``folder``. Evaluation and MMLU
-    record no times; the chapters' run times cover them.
+    Columns: ``stage`` (``toxic``, ``distilled``, ``detox``, ``lmsteer``, ``eval``, ``mmlu``,
+    ``world``), ``label``, ``seconds``, ``cpu_seconds``, ``model``, ``text``, ``seed``, ``alpha``,
+    ``top_k``, ``lr``, ``steps``, ``tokens``, ``tokens_per_s``, ``finished`` and ``folder``
+    (relative to the cache); a fact a stage does not have is NaN.
     """
-    import json
-    import math
-    from pathlib import Path
-
     import pandas as pd
 
-    from .experiments import slug
+    from . import stages
 
-    model_paths = profile_model_paths(P) if model_paths is None else model_paths
-    name_of_path = {str(path): name for name, path in model_paths.items()}
-    name_of_slug = {slug(name): name for name in model_paths}
-    cache = Path(P["cache_dir"])
-    rows = []
-
-    # distillation: the profile's texts are those whose base model is one of the profile's models
-    texts = {}  # text folder name -> what made it (text kind, seed, alpha, top_k, and a readable label)
-    for meta_path in sorted(cache.glob("distilled/*/texts.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        folder = meta_path.parent
-        if meta.get("kind") == "clean_news":  # a copy of held-out news; the profile sets its size
-            if meta.get("n") == P["distill_n_texts"] and meta.get("words") == P["distill_max_new_tokens"] * 3 // 4:
-                texts[folder.name] = {"text": "clean_news", "seed": meta.get("seed"), "alpha": None, "top_k": None,
-                                      "label": f"clean_news, seed {meta.get('seed')}"}
-            continue
-        if str(meta.get("base_model")) not in name_of_path:
-            continue
-        if meta.get("n_texts") != P["distill_n_texts"] or meta.get("max_new_tokens") != P["distill_max_new_tokens"]:
-            continue  # made with other sizes (an earlier setting of the profile)
-        kind = folder.name.rsplit("-", 1)[0].replace("-", "_")  # the folder is named by experiments.slug(kind)
-        alpha = None if kind == "samples" else meta.get("alpha")
-        label = f"{kind}, seed {meta.get('seed')}" + (f", alpha {alpha:g}" if alpha is not None else "")
-        label += f", top_k {meta['top_k']}" if meta.get("top_k") else ""
-        texts[folder.name] = {"text": kind, "seed": meta.get("seed"), "alpha": alpha, "top_k": meta.get("top_k") or 0,
-                              "label": label}
-        if meta.get("wall_time_s") is None:
-            continue
-        rows.append({"stage": "distillation", "model": name_of_path[str(meta["base_model"])], "detail": label,
-                     **{k: texts[folder.name][k] for k in ("text", "seed", "alpha", "top_k")}, "lr": None,
-                     "seconds": float(meta["wall_time_s"]), "steps": None,
-                     "tokens": meta.get("generated_tokens"), "tokens_per_s": meta.get("tokens_per_s"),
-                     "how": "recorded", "folder": str(folder)})
-
-    # toxic models
-    for config_path in sorted(cache.glob("toxic/*/config.json")):
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if str(config.get("base")) not in name_of_path:
-            continue
-        if any(config.get(k) != P[f"toxic_{k}"] for k in ("epochs", "batch_size", "lr", "max_length", "max_texts")):
-            continue  # made with other settings
-        folder = config_path.parent
-        row = {"stage": "toxic model", "model": name_of_path[str(config["base"])],
-               "detail": f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('lr'):g}",
-               "lr": config.get("lr"), "folder": str(folder)}
-        history = _training_history(folder / "checkpoints")
-        if config.get("wall_time_s") is not None:
-            row.update(seconds=float(config["wall_time_s"]), steps=config.get("steps"), tokens=config.get("tokens"),
-                       tokens_per_s=config.get("tokens_per_s"), how="recorded")
-        elif history and history.get("wall_time_s"):
-            if n_toxic_texts is None:
-                from . import data
-
-                n_toxic_texts = len(data.load_toxic_texts(P))
-            n = min(n_toxic_texts, config["max_texts"]) if config.get("max_texts") else n_toxic_texts
-            total = int(config["epochs"]) * math.ceil(n / int(config["batch_size"]))
-            per_step = history["wall_time_s"] / history["last_step"]
-            rate = history["tokens"] / history["wall_time_s"]
-            row.update(seconds=per_step * total, steps=total, tokens=history["tokens"] / history["last_step"] * total,
-                       tokens_per_s=rate, how=f"estimated from step {history['last_step']} of {total}")
-        else:
-            continue
-        rows.append(row)
-
-    # detox fine-tuning: folders named <model slug>-<text folder>-<key>
-    for folder in sorted(p for p in cache.glob("detox/*") if p.is_dir()):
-        match = next((name for name in texts if f"-{name}-" in folder.name), None)
-        if match is None:
-            continue
-        model_slug = folder.name.split(f"-{match}-")[0]
-        history = _training_history(folder)
-        if not history or not history.get("wall_time_s"):
-            continue
-        settings = history["settings"]
-        if settings.get("batch_size") != P["detox_batch_size"] or settings.get("max_length") != P["detox_max_length"]:
-            continue  # made with other settings
-        lr = settings.get("lr")
-        info = texts[match]
-        rows.append({"stage": "detox fine-tuning", "model": name_of_slug.get(model_slug, model_slug),
-                     "detail": f"{info['label']} text" + (f", lr {lr:g}" if lr is not None else ""),
-                     **{k: info[k] for k in ("text", "seed", "alpha", "top_k")}, "lr": lr,
-                     "seconds": float(history["wall_time_s"]), "steps": history["last_step"],
-                     "tokens": history.get("tokens"),
-                     "tokens_per_s": history["tokens"] / history["wall_time_s"] if history.get("tokens") else None,
-                     "how": "recorded", "folder": str(folder)})
-
-    columns = ["stage", "model", "detail", "text", "seed", "alpha", "top_k", "lr", "seconds", "steps", "tokens",
-               "tokens_per_s", "how", "folder"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["stage", "label", "seconds", "cpu_seconds", "model", "text", "seed", "alpha", "top_k", "lr", "steps",
+               "tokens", "tokens_per_s", "finished", "folder"]
+    log = stages.run_log(P["cache_dir"])
+    if log.empty or "profile" not in log.columns:
+        return pd.DataFrame(columns=columns)
+    log = log[log["profile"] == P["profile"]].drop_duplicates("folder", keep="last")
+    return log.reindex(columns=columns).reset_index(drop=True)
 
 
 def world_times(P: dict):
-    """The build time of each step of the profile's miniature world, read from the records each step
-    wrote (``world.json`` / the classifiers' ``.json``), as a DataFrame with ``step``, ``seconds``,
-    ``tokens_per_s`` (model training only) and ``what``. Steps not built yet are left out; an
-    empty frame for a profile without a world (``paper``).
-
-    Unlike ``results/<profile>/world/build_times.csv``, which times the *last* ``build_world`` call
-    (near zero for the steps it found in the cache), these are the times of the runs that made them.
-    """
-    import json
-
-    import pandas as pd
-
-    from . import world
-    from .cache import config_key
-
-    columns = ["step", "seconds", "tokens_per_s", "what"]
-    if P.get("profile") not in world.WORLD_SETTINGS:
-        return pd.DataFrame(columns=columns)
-    settings = world.world_settings(P)
-    rows = []
-
-    def record(step, path, what, seconds_key="seconds"):
-        if not path.exists():
-            return
-        info = json.loads(path.read_text())
-        if info.get(seconds_key) is None:
-            return
-        rows.append({"step": step, "seconds": float(info[seconds_key]), "what": what,
-                     "tokens_per_s": info.get("tokens_per_s") if seconds_key == "train_seconds" else None})
-
-    record("corpus", world.step_path(settings, "corpus", world.corpus_config(settings)) / "world.json",
-           "select news and tweet documents")
-    for kind in ("bpe", "unigram"):
-        record(f"tokenizer-{kind}", world.step_path(settings, f"tokenizer-{kind}", world.tokenizer_config(settings, kind))
-               / "world.json", f"train the {kind} tokenizer")
-    record("stream", world.step_path(settings, "stream", world.stream_config(settings)) / "world.json",
-           "choose the training stream (tweet token share)")
-    for kind in ("bpe", "unigram"):
-        record(f"blocks-{kind}", world.step_path(settings, f"blocks-{kind}", world.blocks_config(settings, kind))
-               / "world.json", f"pack {kind} training blocks")
-    for name in settings["models"]:
-        record(name, world.step_path(settings, name, world.model_config(settings, name)) / "world.json",
-               "pre-train from scratch", seconds_key="train_seconds")
-    for name in ("davidson_tfidf", "allsides_tfidf", "allsides_tfidf_media"):
-        record(name, world.step_path(settings, name, world.classifier_config(settings, name), ".joblib").with_suffix(".json"),
-               "fit TF-IDF + logistic regression")
-    source = world.step_path(settings, "gpt2-bpe", world.model_config(settings, "gpt2-bpe"))
-    record("source_check", source / f"source_check-{config_key(world.check_config(settings, P))}.json",
-           "validation TP and BOS samples of the source model")
-    return pd.DataFrame(rows, columns=columns)
+    """The build time of each step of the profile's miniature world, from the run log: ``step``,
+    ``seconds``, ``cpu_seconds``, ``finished``; empty for a profile without a world (``paper``) or
+    before the world is built."""
+    times = stage_times(P)
+    world = times[times["stage"] == "world"]
+    return world.rename(columns={"label": "step"})[["step", "seconds", "cpu_seconds", "finished"]].reset_index(drop=True)
 
 
 def notebook_times(P: dict):

@@ -38,28 +38,21 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import methods
 from .cache import atomic_path
-from .generate import autocast_context, forward_cached, model_device, out_cache, position_ids_from_mask
+from .forward import forward_cached, inference_autocast, model_device, out_cache, pad_id_of, position_ids_from_mask, right_pad
 
 # ------------------------------------------------------------------------------------------ names
-# Method names as they appear in the results table's ``method`` column.
-UNIDETOX = "unidetox"
-SAMPLES = "samples"
-PREPROMPT_SHORT = "preprompt_short"
-PREPROMPT_LONG = "preprompt_long"
-LMSTEER = "lmsteer"
-DEXPERTS = "dexperts"
-TASK_ARITHMETIC = "task_arithmetic"
-BASE = "base"
-
-# Methods tuned per model under the perplexity rule, the name of their hyper-parameter, and the
-# profile key of its grid. LM-Steer's value is the *multiplier* of ``lmsteer_epsilon`` (Table 6
-# reports "-0.3 eps"); the steering strength used is ``multiplier * lmsteer_epsilon``.
-PER_MODEL_METHODS = {
-    LMSTEER: ("epsilon_multiplier", "lmsteer_multipliers"),
-    DEXPERTS: ("beta", "dexperts_betas"),
-    TASK_ARITHMETIC: ("lambda", "task_arithmetic_lambdas"),
-}
+# The methods' names (``methods.REGISTRY``), as in the results table's ``method`` column.
+UNIDETOX = methods.UNIDETOX.name
+SAMPLES = methods.SAMPLES.name
+PREPROMPT_SHORT = methods.PREPROMPT_SHORT.name
+PREPROMPT_LONG = methods.PREPROMPT_LONG.name
+LMSTEER = methods.LMSTEER.name
+DEXPERTS = methods.DEXPERTS.name
+TASK_ARITHMETIC = methods.TASK_ARITHMETIC.name
+BASE = methods.BASE.name
+PER_MODEL_METHODS = tuple(methods.names(tuned_on="each"))  # tuned per model under the perplexity rule
 
 RESULT_COLUMNS = ["method", "model", "hparam", "value", "TP", "EMT", "PPL", "dist1", "dist2", "dist3", "split", "seed"]
 """Columns of the results table: one row per (method, model, grid point, split, seed).
@@ -224,9 +217,7 @@ def _lm_steer_batches(model, tokenizer, texts, max_length, prepend_bos):
 
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty list of strings (the toxic corpus).")
-    sequences = tokenize_texts(tokenizer, list(texts), max_length, prepend_bos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return sequences, pad_id
+    return tokenize_texts(tokenizer, list(texts), max_length, prepend_bos), pad_id_of(tokenizer)
 
 
 def train_lm_steer(
@@ -267,8 +258,8 @@ def train_lm_steer(
     called after each step. The model's weights and ``requires_grad`` flags are as before on return.
     Returns ``W`` (float32, on the LM head's device); save it with ``save_steering_matrix``.
     """
-    from .finetune import autocast_context as train_autocast
-    from .finetune import batch_indices, pad_right, summed_token_nll, use_bf16
+    from .finetune import training_steps
+    from .forward import training_bf16
 
     if steps is None and epochs is None:
         epochs = 3  # the paper's recipe
@@ -293,8 +284,7 @@ def train_lm_steer(
     W.requires_grad_(True)
     optimizer = torch.optim.Adam([W], lr=lr)
 
-    device = model_device(model)
-    bf16_on = use_bf16(bf16, model)
+    bf16_on = training_bf16(bf16, model)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     from tqdm.auto import tqdm
@@ -305,25 +295,12 @@ def train_lm_steer(
             p.requires_grad_(False)
         model.eval()
         with apply_lm_steer(model, W, epsilon):
-            for step in range(total_steps):
-                batch = [sequences[i] for i in batch_indices(step, len(sequences), batch_size, seed).tolist()]
-                n_tokens = sum(max(len(s) - 1, 0) for s in batch)
-                if n_tokens == 0:
-                    continue
-                loss_sum = 0.0
-                for chunk in (batch[i::grad_accum] for i in range(grad_accum)):
-                    if not chunk:
-                        continue
-                    padded = {k: v.to(device) for k, v in pad_right(chunk, pad_id).items()}
-                    with train_autocast(device, bf16_on):
-                        nll, _ = summed_token_nll(model, **padded)
-                    (nll / n_tokens).backward()
-                    loss_sum += float(nll.detach())
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            for step, loss, _ in training_steps(model, optimizer, sequences, batch_size=batch_size, seed=seed,
+                                                pad_id=pad_id, total_steps=total_steps, grad_accum=grad_accum,
+                                                bf16=bf16_on):
                 bar.update(1)
                 if on_step is not None:
-                    on_step(step + 1, loss_sum / n_tokens)
+                    on_step(step, loss)
     finally:
         bar.close()
         for p, flag in flags:
@@ -339,7 +316,7 @@ def lm_steer_loss(model, tokenizer, texts: Sequence[str], W: torch.Tensor | None
 
     The quantity ``train_lm_steer`` minimises, for checking that training worked.
     """
-    from .finetune import pad_right, summed_token_nll
+    from .finetune import summed_token_nll
 
     sequences, pad_id = _lm_steer_batches(model, tokenizer, texts, max_length, prepend_bos)
     device = model_device(model)
@@ -350,8 +327,8 @@ def lm_steer_loss(model, tokenizer, texts: Sequence[str], W: torch.Tensor | None
         steer = apply_lm_steer(model, W, epsilon) if W is not None else None
         try:
             for start in range(0, len(sequences), batch_size):
-                padded = {k: v.to(device) for k, v in pad_right(sequences[start:start + batch_size], pad_id).items()}
-                nll, n = summed_token_nll(model, **padded)
+                ids, mask = right_pad(sequences[start:start + batch_size], pad_id, device)
+                nll, n = summed_token_nll(model, ids, mask)
                 total, count = total + float(nll), count + n
         finally:
             if steer is not None:
@@ -421,7 +398,7 @@ class DExpertsProcessor:
             return self.last_logprobs
         ids = input_ids.to(self.device)
         mask = self.attention_mask(length)
-        with autocast_context(self.toxic_model):
+        with inference_autocast(self.toxic_model):
             if self.cache is None:
                 unique_rows, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
                 unique_ids, unique_mask = unique_rows[:, :length], unique_rows[:, length:]
@@ -536,7 +513,7 @@ def baseline_grid(profile: dict) -> dict[str, tuple[str, list[float]]]:
     LM-Steer's values are multipliers of ``profile["lmsteer_epsilon"]`` (steer with
     ``multiplier * lmsteer_epsilon``). The mini and tiny profiles use coarser grids than the paper.
     """
-    return {method: (hparam, list(profile[key])) for method, (hparam, key) in PER_MODEL_METHODS.items()}
+    return methods.grids(profile)
 
 
 def results_row(method: str, model: str, hparam: str | None, value, metrics: dict, *, split: str, seed: int,
@@ -697,7 +674,7 @@ def select_baseline(results: pd.DataFrame, method: str, model: str, ppl_ceiling:
 
 
 def tuned_hyperparameters(results: pd.DataFrame, models: Sequence[str] | None = None, *,
-                          methods: Sequence[str] = tuple(PER_MODEL_METHODS), factor: float = 1.1,
+                          per_model: Sequence[str] = PER_MODEL_METHODS, factor: float = 1.1,
                           source_model: str | None = None, split: str = "val") -> pd.DataFrame:
     """Table 6 from a results table: UniDetox's and Samples' selections and every per-model choice.
 
@@ -717,7 +694,7 @@ def tuned_hyperparameters(results: pd.DataFrame, models: Sequence[str] | None = 
                     rows.append({**config.to_dict(), "model": model, "tuned_on": source_model})
     for model in models:
         ceiling = ppl_ceiling(results, model, factor=factor, source_model=source_model, split=split)
-        for method in methods:
+        for method in per_model:
             if ((results["method"] == method) & (results["model"] == model)).any():
                 chosen = select_baseline(results, method, model, ceiling, split=split)
                 rows.append({**chosen.to_dict(), "tuned_on": model})

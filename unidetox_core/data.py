@@ -600,21 +600,6 @@ def subsample_stratified(frame: pd.DataFrame, n: int, seed: int = 0, by: str = "
     return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
-def load_toxic_texts(profile: dict) -> list[str]:
-    """The toxic fine-tuning corpus of a profile: DGHS on the hub; offline, the Davidson hate and
-    offensive train tweets -- on the mini world only the half it reserved (``"world"``), because
-    the other half is in the web text its base models learned from."""
-    if profile["toxic_corpus"] == "world":
-        from .world import toxic_corpus_texts
-
-        return toxic_corpus_texts(profile)
-    if profile["toxic_corpus"] == "dghs":
-        return load_dghs_hub()["text"].tolist()
-    if profile["toxic_corpus"] == "davidson":
-        return load_toxic_corpus()["text"].tolist()
-    raise ValueError(f"toxic_corpus={profile['toxic_corpus']!r}; use 'world' or 'davidson' (offline) or 'dghs' (hub).")
-
-
 def load_mmlu_for(profile: dict, split: str) -> pd.DataFrame:
     return load_mmlu_hub(split) if profile["data_source"] == "hub" else load_mmlu(split)
 

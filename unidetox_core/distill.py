@@ -8,7 +8,7 @@ Read next to the paper:
 - Eq. 2: ``x_t ~ softmax(s')`` -- sampled one token at a time from the start token (BOS, or EOS for
   GPT-2, which has no BOS), until EOS or ``max_new_tokens``.
 
-``contrastive_scores`` is Eq. 1 + 3, ``sample_next_tokens`` is Eq. 2, ``decode_batch`` is the loop,
+``contrastive_scores`` is Eq. 1 + 3, ``gumbel_sample`` is Eq. 2, ``decode_batch`` is the loop,
 ``contrastive_decode`` runs it over batches (the paper: 640 texts = 5 x 128, <= 256 tokens, alpha 0.1)
 and ``sample_plain`` is the paper's "GPT-2 Samples" baseline (the same loop without the toxic model).
 ``run_distillation`` writes the CSV (column ``Text``, the authors' release format) and a JSON of
@@ -42,19 +42,18 @@ resumed run identical to an uninterrupted one. (CPU and CUDA generators give dif
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import math
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from . import fast as speedups
 from .cache import write_json_atomic
-from .finetune import autocast_context, derived_seed, model_device, use_bf16, weights_fingerprint
+from .finetune import derived_seed, weights_fingerprint
+from .forward import autocast, check_positions, model_device, next_token_logits, training_bf16
 from .models import same_tokenizer, start_token_id
 
 
@@ -66,11 +65,6 @@ def contrastive_scores(base_logprobs: torch.Tensor, toxic_logprobs: torch.Tensor
     log space as ``log p_base < log alpha + max log p_base``. ``alpha = 0`` keeps every token the base
     model can produce; ``alpha = 1`` keeps only its most likely token(s).
     """
-    return _scores_and_plausible(base_logprobs, toxic_logprobs, alpha)[0]
-
-
-def _scores_and_plausible(base_logprobs, toxic_logprobs, alpha: float):
-    """``contrastive_scores`` and the mask of its finite entries (the plausible tokens)."""
     # A token the toxic model rules out entirely would score +inf and break softmax; cap it at the
     # largest finite score instead (it still wins against any ordinary token).
     toxic_logprobs = toxic_logprobs.clamp_min(torch.finfo(toxic_logprobs.dtype).min)
@@ -79,8 +73,7 @@ def _scores_and_plausible(base_logprobs, toxic_logprobs, alpha: float):
         implausible = base_logprobs < math.log(alpha) + base_logprobs.max(dim=-1, keepdim=True).values
     else:
         implausible = torch.isneginf(base_logprobs)
-    # log p <= 0, so a plausible token's score is finite: base - toxic <= 0 - finfo.min.
-    return scores.masked_fill(implausible, -math.inf), ~implausible
+    return scores.masked_fill(implausible, -math.inf)
 
 
 def plausible_only(base_logprobs: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -93,250 +86,83 @@ def plausible_only(base_logprobs: torch.Tensor, alpha: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ Eq. 2
 def keep_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     """Keep the ``top_k`` highest scores per row (ties at the boundary kept), ``-inf`` the rest --
-    what Hugging Face's ``TopKLogitsWarper`` does. ``top_k = 0`` keeps everything."""
+    what Hugging Face's ``TopKLogitsWarper`` does. ``top_k = 0`` keeps everything (the paper)."""
     if top_k <= 0 or top_k >= scores.shape[-1]:
         return scores
     kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
     return scores.masked_fill(scores < kth, -math.inf)
 
 
-def sample_next_tokens(scores: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
-                       top_k: int = 0) -> torch.Tensor:
-    """Eq. 2: one token per row from ``softmax(scores / temperature)`` (optionally top-k first).
+def gumbel_sample(scores: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 2: one token per row from ``softmax(scores / temperature)``.
 
     Gumbel-max: ``argmax(scores / T + g)`` with ``g = -log(Exp(1))`` i.i.d. Gumbel noise is an exact
     sample from the softmax, and ``-inf`` scores are never chosen. The noise has the full shape
     ``[rows, vocab]`` whatever the scores are, so the random stream never depends on them.
-    (``decode_batch`` draws the same numbers faster with ``GumbelSampler``.)
     """
     noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     gumbel = -torch.log(noise.exponential_(generator=generator))
-    return (keep_top_k(scores.float(), top_k) / temperature + gumbel).argmax(dim=-1)
-
-
-# ------------------------------------------------------------------------- fast, identical noise
-_MT_STATE_WORDS = 624  # the Mersenne Twister state behind every CPU torch.Generator
-_MASK_53 = np.uint64((1 << 53) - 1)
-
-
-class GumbelSampler:
-    """``sample_next_tokens`` for one generator, step after step: the same tokens, the same stream.
-
-    ``torch.Tensor.exponential_`` on a CPU generator draws one number at a time (about 40 ns each:
-    a 128 x 8,000 step cost as much as a forward pass of a 5 M model). Its numbers are
-    ``-log1p(-u)`` of ``u = (2^53-bit word) / 2^53`` from the generator's Mersenne Twister (two
-    32-bit outputs per number), so numpy's ``MT19937``, started from the generator's state, yields
-    the very same words in bulk. Only the entries with a finite score need the logarithms -- Eq. 3
-    leaves a few dozen of 8,000 per row -- so they alone are transformed; the words of the others
-    are drawn and dropped, which keeps the stream (and every later step) unchanged. The double
-    ``log1p`` may differ from the C library's in its last bit; the rare number whose float32
-    rounding that could change is recomputed with ``math.log1p`` (the C library's function, which
-    torch calls). The generator's state is written back by ``close()``.
-
-    Checked once per process against ``exponential_`` itself; on a mismatch (another torch build),
-    on CUDA, or for a generator of another kind, it falls back to ``sample_next_tokens``.
-    """
-
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator
-        self.bitgen = None
-        if generator.device.type == "cpu" and _numpy_stream_matches_torch():
-            self.bitgen = _bitgen_from(generator)
-
-    def __call__(self, scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                 rows: torch.Tensor | None = None, finite: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens for every row of ``scores`` (``[rows, vocab]``); ``rows`` (bool) marks the rows whose
-        token is used -- the noise of the others is drawn but not transformed (their token is 0).
-        ``finite`` may pass ``torch.isfinite(scores)`` when the caller has it (with ``top_k=0``)."""
-        self.last_support = None
-        if self.bitgen is None:
-            return sample_next_tokens(scores, self.generator, temperature, top_k)
-        n_rows, vocab = scores.shape
-        kept = keep_top_k(scores.float(), top_k)
-        if finite is None or top_k:
-            finite = torch.isfinite(kept)
-        if rows is not None:
-            finite = finite & rows[:, None]
-        flat = finite.view(-1).nonzero().squeeze(-1)
-        self.last_support = int(flat.numel())
-        if 4 * self.last_support > n_rows * vocab:  # dense (plain sampling): torch's own kernel is as fast
-            _write_bitgen_state(self.generator, self.bitgen)
-            noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
-            gumbel = -torch.log(noise.exponential_(generator=self.generator))
-            self.bitgen = _bitgen_from(self.generator)
-            return (kept / temperature + gumbel).argmax(dim=-1)
-        words = self.bitgen.random_raw(2 * n_rows * vocab)  # uint64 holding 32-bit words
-        chosen = np.zeros(n_rows, dtype=np.int64)  # a row without candidates: argmax of all -inf is 0
-        if self.last_support:
-            index = flat.cpu().numpy()
-            noise = _exponential_from_words(words[2 * index], words[2 * index + 1])
-            pad = (-len(noise)) % 64  # whole vector blocks, so torch.log takes its vectorized path throughout
-            padded = torch.from_numpy(np.concatenate([noise, np.ones(pad, np.float32)]))
-            gumbel = (-torch.log(padded))[: len(noise)]
-            values = (kept.view(-1)[flat].cpu() / temperature + gumbel).numpy()
-            # argmax per row over its candidates, the first of equal maxima (as torch.argmax does)
-            row = index // vocab
-            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-            best = np.maximum.reduceat(values, starts)
-            is_best = values == np.repeat(best, np.diff(np.r_[starts, len(values)]))
-            first = np.flatnonzero(is_best)
-            first = first[np.r_[True, row[first][1:] != row[first][:-1]]]
-            chosen[row[first]] = index[first] % vocab
-        return torch.from_numpy(chosen).to(scores.device)
-
-    def close(self) -> None:
-        """Write the numpy stream's position back into the torch generator."""
-        if self.bitgen is not None:
-            _write_bitgen_state(self.generator, self.bitgen)
-
-
-def _bitgen_from(generator: torch.Generator) -> np.random.MT19937:
-    state = generator.get_state().numpy()
-    left = int(state[8:12].view(np.int32)[0])  # CPUGeneratorImplStateLegacy: seed, left, seeded, next, state[624]
-    key = state[24:24 + 8 * _MT_STATE_WORDS].view(np.uint64).astype(np.uint32)
-    bitgen = np.random.MT19937()
-    bitgen.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": _MT_STATE_WORDS + 1 - left}}
-    return bitgen
-
-
-def _write_bitgen_state(generator: torch.Generator, bitgen: np.random.MT19937) -> None:
-    state = generator.get_state().numpy().copy()
-    pos = int(bitgen.state["state"]["pos"])
-    state[8:12] = np.array([_MT_STATE_WORDS + 1 - pos], dtype=np.int32).view(np.uint8)
-    state[16:24] = np.array([pos], dtype=np.uint64).view(np.uint8)
-    state[24:24 + 8 * _MT_STATE_WORDS] = bitgen.state["state"]["key"].astype(np.uint64).view(np.uint8)
-    generator.set_state(torch.from_numpy(state))
-
-
-def _exponential_from_words(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Exp(1) numbers as torch's CPU kernel makes them from pairs of 32-bit words, as float32."""
-    u = (((hi & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | (lo & np.uint64(0xFFFFFFFF))) & _MASK_53
-    exact = -np.log1p(-(u.astype(np.float64) * 2.0 ** -53))
-    result = exact.astype(np.float32)
-    slack = 4 * np.spacing(exact)  # a few ulps of disagreement with the C library's log1p
-    doubtful = np.flatnonzero((exact - slack).astype(np.float32) != (exact + slack).astype(np.float32))
-    for i in doubtful:
-        result[i] = np.float32(-math.log1p(-(float(u[i]) * 2.0 ** -53)))
-    return result
-
-
-@functools.lru_cache(maxsize=None)
-def _numpy_stream_matches_torch() -> bool:
-    """Does ``GumbelSampler``'s numpy stream reproduce ``exponential_`` in this torch build?"""
-    try:
-        generator = torch.Generator().manual_seed(20250101)
-        bitgen = _bitgen_from(generator)
-        expected = torch.empty(4099).exponential_(generator=generator).numpy()
-        words = bitgen.random_raw(2 * 4099)
-        ours = _exponential_from_words(words[0::2], words[1::2])
-        after = torch.Generator().manual_seed(1)
-        _write_bitgen_state(after, bitgen)
-        return bool(np.array_equal(ours, expected)) and torch.equal(
-            torch.empty(7).exponential_(generator=after), torch.empty(7).exponential_(generator=generator))
-    except Exception:  # an unexpected state layout: use torch's own sampler
-        return False
+    return (scores.float() / temperature + gumbel).argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------- the decoder
 @torch.inference_mode()
 def decode_batch(base, toxic, *, batch_size: int, max_new_tokens: int, start_id: int, eos_id: int,
                  generator: torch.Generator, alpha: float = 0.1, temperature: float = 1.0, top_k: int = 0,
-                 bf16: bool = False) -> dict:
-    """Sample ``batch_size`` sequences from the start token; contrastive when ``toxic`` is given.
+                 bf16: bool = False, fast: bool = True) -> dict:
+    """Sample ``batch_size`` sequences from the start token: contrastive (Eq. 1-3) when ``toxic`` is
+    given, plain sampling from the base model (cut by Eq. 3 alone when ``alpha``) when it is None.
 
-    Every step feeds the newest token to each model with that model's own KV cache, turns both
-    outputs into log-probabilities (float32), scores them (Eq. 1 + 3) and samples (Eq. 2). A sequence
-    that has produced EOS keeps being fed EOS so the batch stays rectangular (its later tokens are
-    discarded), and the loop stops when all have. Returns the generated ids (``[batch, steps]``,
-    EOS-filled after the end), ``lengths`` (tokens before EOS), ``ended`` (EOS seen), and the summed
-    size of the sets sampled from (tokens with a finite score) with the number of live rows summed
-    over, for the mean in the statistics.
-
-    Speed (the tokens are those of the plain loop -- a test checks them against a full-prefix
-    recomputation): each model's KV cache is written in place (``DynamicCache`` would copy itself
-    whole at each step: a quarter of the time at 128 x 256) and read by ``generate.fast_decoding``'s
-    attention, and the Gumbel noise comes from ``GumbelSampler`` (the generator's own stream, drawn
-    in bulk).
+    Each step feeds the newest token to each model with *its own* KV cache, takes float32
+    log-probabilities, scores them and samples. A finished row (EOS) keeps being fed EOS, so the
+    batch stays rectangular; the loop ends when every row has finished. ``fast`` swaps in the
+    CPU speed-ups of ``fast`` (same tokens, tested). Returns ``ids`` ``[batch, steps]`` (EOS after
+    the end), ``lengths`` (tokens before EOS), ``ended`` (EOS seen), ``steps``, and ``support_sum``
+    / ``support_count``: the tokens sampled from, summed over the live rows, and those rows.
     """
-    from .generate import fast_decoding, preallocate_cache
-
     device = model_device(base)
+    models = {"base": base} if toxic is None else {"base": base, "toxic": toxic}
+    caches = dict.fromkeys(models)
     next_ids = torch.full((batch_size, 1), start_id, dtype=torch.long, device=device)
-    caches = {"base": None, "toxic": None}
-    sampler = GumbelSampler(generator)
+    generated = torch.full((batch_size, max_new_tokens), eos_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-    support_sum = torch.zeros((), dtype=torch.long, device=device)
-    support_count = torch.zeros((), dtype=torch.long, device=device)
-    generated = torch.full((batch_size, max_new_tokens), eos_id, dtype=torch.long, device=device)
-    steps = 0
+    support = torch.zeros(2, dtype=torch.long, device=device)
+    sampler = speedups.GumbelSampler(generator) if fast and speedups.GumbelSampler.usable(generator) else None
     with contextlib.ExitStack() as stack:
-        stack.callback(sampler.close)
-        stack.enter_context(fast_decoding(*[m for m in (base, toxic) if m is not None]))
+        if fast:
+            stack.enter_context(speedups.in_place_attention(*models.values()))
+        if sampler is not None:
+            stack.callback(sampler.close)  # the generator continues where the sampler stopped
         for step in range(max_new_tokens):
-            with autocast_context(device, bf16):
-                base_logits = _cached_step(base, next_ids, caches, "base", max_new_tokens - step, preallocate_cache)
-                toxic_logits = None
-                if toxic is not None:  # the toxic model's own cache -- never the base model's
-                    toxic_logits = _cached_step(toxic, next_ids.to(model_device(toxic)), caches, "toxic",
-                                                max_new_tokens - step, preallocate_cache)
-            base_logprobs = torch.log_softmax(base_logits.float(), dim=-1)
-            if toxic_logits is None:  # plain sampling: log p_base itself, optionally cut by Eq. 3 alone
-                scores = plausible_only(base_logprobs, alpha) if alpha else base_logprobs
-                plausible = None
-            else:  # Eq. 1 + 3
-                toxic_logprobs = torch.log_softmax(toxic_logits.float(), dim=-1).to(device)
-                scores, plausible = _scores_and_plausible(base_logprobs, toxic_logprobs, alpha)
-            live = ~finished
-            chosen = sampler(scores, temperature, top_k, rows=live, finite=plausible)  # Eq. 2
-            if sampler.last_support is not None:
-                support_sum += sampler.last_support
+            logprobs = {}
+            for name, model in models.items():
+                with autocast(device, bf16):
+                    logits, caches[name] = next_token_logits(model, next_ids.to(model_device(model)), caches[name])
+                logprobs[name] = torch.log_softmax(logits.float(), dim=-1).to(device)
+                if fast and step == 0:
+                    speedups.preallocate_cache(caches[name], max_new_tokens - 1)
+            if toxic is not None:
+                scores = contrastive_scores(logprobs["base"], logprobs["toxic"], alpha)  # Eq. 1 + 3
             else:
-                support_sum += (keep_top_k(scores, top_k).isfinite().sum(dim=-1) * live).sum()
-            support_count += live.sum()
+                scores = plausible_only(logprobs["base"], alpha) if alpha else logprobs["base"]
+            scores = keep_top_k(scores, top_k)
+            live = ~finished
+            candidates = scores.isfinite() & live[:, None]
+            if sampler is not None:
+                chosen = sampler(scores, temperature, candidates)
+            else:
+                chosen = gumbel_sample(scores, generator, temperature)  # Eq. 2
+            support += torch.stack([candidates.sum(), live.sum()])
             chosen = chosen.masked_fill(finished, eos_id)  # finished rows: noise drawn, token ignored
             lengths += (live & (chosen != eos_id)).long()
             finished |= chosen == eos_id
             generated[:, step] = chosen
-            steps = step + 1
             if bool(finished.all()):
                 break
             next_ids = chosen[:, None]
-    return {
-        "ids": generated[:, :steps].cpu(),
-        "lengths": lengths.cpu(),
-        "ended": finished.cpu(),
-        "support_sum": int(support_sum),
-        "support_count": int(support_count),
-        "steps": steps,
-    }
-
-
-def _cached_step(model, input_ids, caches: dict, key: str, remaining: int, preallocate_cache):
-    """``forward_step`` with ``caches[key]``; after the first step the cache gets room for the rest."""
-    logits, cache = forward_step(model, input_ids, caches[key])
-    if caches[key] is None and remaining > 1:
-        preallocate_cache(cache, remaining - 1)
-    caches[key] = cache
-    return logits
-
-
-def forward_step(model, input_ids: torch.Tensor, cache):
-    """One cached decoding step: the next-token logits ``[batch, vocab]`` and the updated cache.
-
-    Recent ``transformers`` (5.24 here) call the KV cache ``cache`` (``past_key_values`` is deprecated);
-    older versions only know ``past_key_values``.
-    """
-    if _takes_cache_kwarg(type(model)):
-        out = model(input_ids=input_ids, cache=cache, use_cache=True)
-        return out.logits[:, -1], out.cache
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1], out.past_key_values
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_cache_kwarg(model_class) -> bool:
-    return "cache" in inspect.signature(model_class.forward).parameters
+    return {"ids": generated[:, : step + 1].cpu(), "lengths": lengths.cpu(), "ended": finished.cpu(),
+            "support_sum": int(support[0]), "support_count": int(support[1]), "steps": step + 1}
 
 
 # ------------------------------------------------------------------------------- public sampling
@@ -398,7 +224,7 @@ def _decode_in_batches(base, toxic, tokenizer, *, n_texts, max_new_tokens, alpha
     from tqdm.auto import tqdm
 
     device = model_device(base)
-    bf16_on = use_bf16(bf16, base) if device.type == "cuda" else bool(bf16 is True)  # CPU: float32
+    bf16_on = training_bf16(bf16, base) if device.type == "cuda" else bool(bf16 is True)  # CPU: float32
     start_id, eos_id = start_token_id(tokenizer), tokenizer.eos_token_id
     settings = {
         "mode": "plain" if toxic is None else "contrastive", "alpha": alpha, "temperature": temperature,
@@ -576,7 +402,7 @@ def output_vocab_size(model) -> int:
 def check_shared_tokenizer(base, toxic, tokenizer, toxic_tokenizer=None) -> None:
     """Contrastive decoding subtracts log-probabilities token id by token id, so both models must
     use the same vocabulary; raise a clear error otherwise (they may differ in size)."""
-    if toxic_tokenizer is not None and not same_vocabulary(tokenizer, toxic_tokenizer):
+    if toxic_tokenizer is not None and not same_tokenizer(tokenizer, toxic_tokenizer):
         raise ValueError(
             f"the base and toxic models use different tokenizers ({len(tokenizer)} vs {len(toxic_tokenizer)} "
             "tokens, or other merges): contrastive decoding compares the two models token by token. "
@@ -588,28 +414,3 @@ def check_shared_tokenizer(base, toxic, tokenizer, toxic_tokenizer=None) -> None
             f"the base model predicts {base_vocab} tokens and the toxic model {toxic_vocab}: they do not share "
             "a tokenizer. Fine-tune the toxic model from the base model (or any model with the base's tokenizer)."
         )
-
-
-def same_vocabulary(a, b) -> bool:
-    """``models.same_tokenizer``, ignoring the truncation/padding settings a fast tokenizer keeps
-    from its last call (and writes into ``tokenizer.json``): they do not change which id a token has."""
-    if same_tokenizer(a, b):
-        return True
-    if len(a) != len(b) or a.get_vocab() != b.get_vocab():
-        return False
-
-    def without_call_state(tok):
-        spec = json.loads(tok.backend_tokenizer.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        return spec
-
-    return without_call_state(a) == without_call_state(b)
-
-
-def check_positions(model, max_new_tokens: int, role: str) -> None:
-    """The start token plus ``max_new_tokens`` must fit the model's position embeddings."""
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max_new_tokens + 1 > limit:
-        raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the {role} model's {limit} positions "
-                         f"(the start token takes one); use max_new_tokens <= {limit - 1}.")

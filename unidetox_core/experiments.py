@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import methods, stages
+from .stages import slug
 from .cache import config_key, write_csv_atomic, write_json_atomic
 
 TOXIC_SEED = 0  # one toxic model per base model, as in the paper
@@ -42,20 +43,35 @@ def resolve_model(P: dict, name: str) -> str:
     return name
 
 
-def slug(name: str) -> str:
-    """A short file-system-safe label for a model name or path."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", name.split("world:")[-1].rstrip("/").split("/")[-1])[:60]
+def toxic_texts(P: dict) -> list[str]:
+    """The toxic fine-tuning corpus of a profile: DGHS on the hub; offline, the Davidson hate and
+    offensive train tweets -- on the mini world only the half it reserved (``"world"``), because
+    the other half is in the web text its base models learned from."""
+    from . import data, world
+
+    if P["toxic_corpus"] == "world":
+        return world.toxic_corpus_texts(P)
+    if P["toxic_corpus"] == "dghs":
+        return data.load_dghs_hub()["text"].tolist()
+    if P["toxic_corpus"] == "davidson":
+        return data.load_toxic_corpus()["text"].tolist()
+    raise ValueError(f"toxic_corpus={P['toxic_corpus']!r}; use 'world' or 'davidson' (offline) or 'dghs' (hub).")
 
 
 def _stage_dir(P: dict, stage: str, label: str, config: dict) -> Path:
-    return Path(P["cache_dir"]) / stage / f"{slug(label)}-{config_key(config)}"
+    return stages.folder(P["cache_dir"], stage, label, config)
+
+
+def _timed(P: dict, stage: str, label: str, config: dict, where: Path):
+    """Record the computation of a stage (``stages.timed``): its manifest, and a line of the run log."""
+    return stages.timed(P["cache_dir"], stage, label, config, where, profile=P["profile"])
 
 
 # ------------------------------------------------------------------------------------- toxic model
 def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
     """The toxic version of model ``name``: fine-tuned on the profile's toxic corpus (Section 3.1:
     3 epochs, batch 4, lr 1e-5 on the paper profile). Built once, then reused by every stage."""
-    from . import data, finetune, models
+    from . import finetune, models
 
     base = resolve_model(P, name)
     config = dict(base=base, corpus=P["toxic_corpus"], epochs=P["toxic_epochs"], batch_size=P["toxic_batch_size"],
@@ -64,20 +80,20 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
     final = folder / "final"
     if (final / "config.json").exists():
         return final
-    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", device_map=P["device_map"] or None)
-    texts = data.load_toxic_texts(P)
-    if P["toxic_max_texts"]:
-        texts = texts[: P["toxic_max_texts"]]
-    total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
-    every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
-    history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
-                                epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
-                                save_steps=range(every, total, every), output_dir=folder / "checkpoints",
-                                progress=progress)
-    models.save_model(model, tokenizer, final)
-    # What the compute chapter reads (Table 9's "toxic model fine-tuning" column).
-    record = {k: history.get(k) for k in ("wall_time_s", "tokens", "tokens_per_s", "resumed_from")}
-    write_json_atomic(folder / "config.json", {**config, **record, "steps": total})
+    with _timed(P, "toxic", name, config, folder) as record:
+        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto",
+                                             device_map=P["device_map"] or None)
+        texts = toxic_texts(P)
+        if P["toxic_max_texts"]:
+            texts = texts[: P["toxic_max_texts"]]
+        total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
+        every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
+        history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
+                                    epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
+                                    save_steps=range(every, total, every), output_dir=folder / "checkpoints",
+                                    progress=progress)
+        models.save_model(model, tokenizer, final)
+        record.update(model=name, steps=total, **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return final
 
 
@@ -105,9 +121,11 @@ def distilled_text(P: dict, kind: str = "unidetox", *, alpha: float | None = Non
     out_csv, run = _distillation(P, kind, alpha, seed, top_k, progress)
     if out_csv.exists() and out_csv.with_suffix(".json").exists():
         return out_csv
-    base, toxic, kwargs = run  # toxic is None for the kinds that sample the base model alone
-    with eval_threads(P):
-        distill.run_distillation(base, toxic, out_csv, **kwargs)
+    base, toxic, kwargs, config = run  # toxic is None for the kinds that sample the base model alone
+    with _timed(P, "distilled", kind, config, out_csv.parent) as record, eval_threads(P):
+        _, stats = distill.run_distillation(base, toxic, out_csv, **kwargs)
+        record.update(model=P["source_model"], text=kind, seed=config["seed"], alpha=config["alpha"],
+                      top_k=config["top_k"], tokens=stats["generated_tokens"], tokens_per_s=stats["tokens_per_s"])
     return out_csv
 
 
@@ -139,7 +157,7 @@ def _distillation(P: dict, kind: str, alpha, seed: int, top_k, progress: bool = 
         kwargs["alpha"] = alpha
     else:
         kwargs["plain_alpha"] = alpha if kind == "cut_only" else 0.0
-    return out_csv, (base, toxic, kwargs)
+    return out_csv, (base, toxic, kwargs, config)
 
 
 def distilled_texts(P: dict, jobs, progress: bool = True, desc: str = "distil") -> list[Path]:
@@ -168,11 +186,13 @@ def clean_text(P: dict, seed: int = 0) -> Path:
     out_csv = _stage_dir(P, "distilled", "clean_news", config) / "texts.csv"
     if out_csv.exists():
         return out_csv
-    articles = data.load_allsides("random")
-    held_out = articles[articles["split"] == "test"].sample(P["distill_n_texts"], random_state=seed, replace=False)
-    texts = [" ".join(t.split()[: config["words"]]) for t in held_out["text"]]
-    write_csv_atomic(pd.DataFrame({"Text": texts}), out_csv)
-    write_json_atomic(out_csv.with_suffix(".json"), config)
+    with _timed(P, "distilled", "clean_news", config, out_csv.parent) as record:
+        articles = data.load_allsides("random")
+        held_out = articles[articles["split"] == "test"].sample(P["distill_n_texts"], random_state=seed, replace=False)
+        texts = [" ".join(t.split()[: config["words"]]) for t in held_out["text"]]
+        write_csv_atomic(pd.DataFrame({"Text": texts}), out_csv)
+        write_json_atomic(out_csv.with_suffix(".json"), config)
+        record.update(text="clean_news", seed=seed)
     return out_csv
 
 
@@ -196,38 +216,45 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     paths = {s: folder / f"step-{s}" for s in steps}
     if all((p / "config.json").exists() for p in paths.values()):
         return paths
-    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", device_map=P["device_map"] or None)
-    finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
-                      steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
-                      output_dir=folder, progress=progress)
+    with _timed(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config, folder) as record:
+        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto",
+                                             device_map=P["device_map"] or None)
+        history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
+                                    steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
+                                    output_dir=folder, progress=progress)
+        record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1],
+                      **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return paths
 
 
 # ------------------------------------------------------------------------------------ model variants
 def variant(method: str, model: str, checkpoint: str | Path, hparam: str = "", value: Any = None, **extra) -> dict:
     """How to build one evaluated model: ``checkpoint`` (a path or hub id) of profile model ``model``,
-    with a baseline ``method`` applied (``base``, ``unidetox``, ``samples``, ``preprompt``,
-    ``dexperts`` (extra: toxic), ``lm_steer`` (extra: steering), ``task_arithmetic`` (extra: toxic))."""
+    with ``method`` (a name of ``methods.REGISTRY``) applied at ``value`` of its ``hparam``; ``extra``
+    holds what it needs (``toxic``: a toxic model's path, ``steering``: LM-Steer's matrix). A name
+    outside the registry (``"toxic"``, a control text) is evaluated as its checkpoint."""
     return dict(method=method, model=model, checkpoint=str(checkpoint), hparam=hparam, value=value, **extra)
 
 
 @contextlib.contextmanager
 def build_variant(P: dict, spec: dict):
-    """Load the variant's model; yield ``(model, tokenizer, generate_kwargs)``; undo hooks after."""
-    from . import baselines, models
+    """Load the variant's model, apply its method as the method declares (``Method.acts_on``); yield
+    ``(model, tokenizer, generate_kwargs)``; undo hooks after."""
+    from . import baselines
 
     model, tokenizer = _load_cached(spec["checkpoint"])
+    method = methods.REGISTRY.get(spec["method"])
+    acts_on = method.acts_on if method is not None else "weights"  # a plain checkpoint
     kwargs: dict[str, Any] = {}
-    method = spec["method"]
-    if method == "preprompt":
-        kwargs["prefix"] = baselines.SAFETY_PREPROMPTS[spec["value"]]
-    elif method == "dexperts":
+    if acts_on == "prompt":
+        kwargs["prefix"] = baselines.SAFETY_PREPROMPTS[method.preprompt]
+    elif acts_on == "decoding":
         toxic, _ = _load_cached(spec["toxic"])
         kwargs["logits_processor_factory"] = baselines.dexperts_processor_factory(toxic, float(spec["value"]))
-    elif method == "task_arithmetic":
+    elif acts_on == "weights" and "toxic" in spec:  # Task Arithmetic edits the weights it loaded
         toxic, _ = _load_cached(spec["toxic"])
         model = baselines.task_arithmetic(model, toxic, float(spec["value"]))
-    if method == "lm_steer":
+    if acts_on == "lm_head":
         steering = baselines.load_steering_matrix(spec["steering"])
         epsilon = float(spec["value"]) * P["lmsteer_epsilon"]
         with baselines.apply_lm_steer(model, steering, epsilon):
@@ -258,7 +285,7 @@ def _toxicity_scorer(P_key: str, which: str):
 
 def toxicity_scorer(P: dict, which: str = "toxicity_scorer"):
     """The profile's main (``toxicity_scorer``) or second (``second_toxicity_scorer``) instrument."""
-    return _toxicity_scorer(json.dumps(P, sort_keys=True, default=str), which)
+    return _toxicity_scorer(json.dumps(dict(P), sort_keys=True, default=str), which)
 
 
 def bias_scorer(P: dict):
@@ -274,7 +301,7 @@ def bias_scorer(P: dict):
 def eval_prompts(P: dict, split: str) -> pd.DataFrame:
     """The evaluation prompts of ``split`` (a copy: parsed once per profile and split, since every
     ``evaluate`` call -- even one read back from the cache -- needs them for its key)."""
-    return _eval_prompts(json.dumps(P, sort_keys=True, default=str), split).copy()
+    return _eval_prompts(json.dumps(dict(P), sort_keys=True, default=str), split).copy()
 
 
 @functools.lru_cache(maxsize=8)
@@ -325,6 +352,11 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
                        prompts: pd.DataFrame | None = None) -> Path:
     """Where ``evaluate`` keeps the scored continuations of one variant, split and seed (the cache key
     covers everything that determines them)."""
+    return _stage_dir(P, "eval", *_evaluation_stage(P, spec, split, seed, prompts)) / "continuations.csv"
+
+
+def _evaluation_stage(P: dict, spec: dict, split: str, seed: int, prompts: pd.DataFrame | None = None):
+    """The label and config of one evaluation's stage."""
     prompts = eval_prompts(P, split) if prompts is None else prompts
     config = dict(spec=spec, split=split, seed=seed, prompts=config_key({"t": prompts["text"].tolist()}),
                   n=P["eval_n_continuations"], length=P["eval_max_new_tokens"], top_p=P["eval_top_p"],
@@ -332,7 +364,7 @@ def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,
     if P["eval_ppl_samples"]:  # only when set, so the keys of the full evaluations stay as they were
         config["ppl_samples"] = P["eval_ppl_samples"]
     config.update(_numerics_key(P))  # thread count and precision determine the numbers too
-    return _stage_dir(P, "eval", f"{spec['method']}-{slug(spec['model'])}", config) / "continuations.csv"
+    return f"{spec['method']}-{slug(spec['model'])}", config
 
 
 def continuations(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: bool = True) -> pd.DataFrame:
@@ -366,23 +398,25 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
         # "\n" only: to_csv leaves a lone "\r" (which a small model may generate) unquoted.
         frame = pd.read_csv(table, keep_default_na=False, lineterminator="\n")
     else:
-        with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, kwargs):
-            frame = generate.generate_continuations(
-                model, tokenizer, prompts["text"].tolist(), n=P["eval_n_continuations"],
-                max_new_tokens=P["eval_max_new_tokens"], top_p=P["eval_top_p"], seed=seed,
-                batch_size=P["eval_batch_size"], progress=progress, **kwargs)
-        frame["domain"] = prompts["category"].to_numpy()[frame["prompt_id"].to_numpy()]
-        frame["score"] = toxicity_scorer(P)(frame["continuation"].tolist())
-        frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
-        evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
-        scored = perplexity_rows(P, frame)
-        with eval_threads(P), eval_precision(P):
-            ppl, _ = metrics.conditional_perplexity(
-                evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(),
-                frame.loc[scored, "continuation"].tolist(), drop_threshold=float("inf"))
-        frame["ppl"] = np.nan
-        frame.loc[scored, "ppl"] = ppl
-        write_csv_atomic(frame, table)
+        with _timed(P, "eval", *_evaluation_stage(P, spec, split, seed, prompts), table.parent) as record:
+            with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, kwargs):
+                frame = generate.generate_continuations(
+                    model, tokenizer, prompts["text"].tolist(), n=P["eval_n_continuations"],
+                    max_new_tokens=P["eval_max_new_tokens"], top_p=P["eval_top_p"], seed=seed,
+                    batch_size=P["eval_batch_size"], progress=progress, **kwargs)
+            frame["domain"] = prompts["category"].to_numpy()[frame["prompt_id"].to_numpy()]
+            frame["score"] = toxicity_scorer(P)(frame["continuation"].tolist())
+            frame["score2"] = toxicity_scorer(P, "second_toxicity_scorer")(frame["continuation"].tolist())
+            evaluator, evaluator_tok = _load_cached(resolve_model(P, P["evaluator_model"]))
+            scored = perplexity_rows(P, frame)
+            with eval_threads(P), eval_precision(P):
+                ppl, _ = metrics.conditional_perplexity(
+                    evaluator, evaluator_tok, frame.loc[scored, "prompt"].tolist(),
+                    frame.loc[scored, "continuation"].tolist(), drop_threshold=float("inf"))
+            frame["ppl"] = np.nan
+            frame.loc[scored, "ppl"] = ppl
+            write_csv_atomic(frame, table)
+            record.update(model=spec["model"], method=spec["method"], split=split, seed=seed, continuations=len(frame))
     return summarize(P, frame, spec, split, seed)
 
 
@@ -425,32 +459,38 @@ def mmlu(P: dict, spec: dict, progress: bool = True) -> dict:
     under its combined distribution; the others change the model itself."""
     from . import metrics
 
-    test, dev = (frame.copy() for frame in _mmlu_questions(json.dumps(P, sort_keys=True, default=str)))
+    test, dev = (frame.copy() for frame in _mmlu_questions(json.dumps(dict(P), sort_keys=True, default=str)))
     out = mmlu_path(P, spec)
     if out.exists():
         return json.loads(out.read_text())
     applied = mmlu_method(spec)
-    with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, _):
-        if "anti_expert" in applied:  # the toxic model build_variant loaded too: _load_cached holds it
-            applied = {**applied, "anti_expert": _load_cached(applied["anti_expert"])[0]}
-        result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress,
-                                       **applied)
-    result = {k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in result.items()
-              if not isinstance(v, pd.DataFrame)}
-    write_json_atomic(out, result)
+    with _timed(P, "mmlu", *_mmlu_stage(P, spec), out.parent) as record:
+        with eval_threads(P), eval_precision(P), build_variant(P, spec) as (model, tokenizer, _):
+            if "anti_expert" in applied:  # the toxic model build_variant loaded too: _load_cached holds it
+                applied = {**applied, "anti_expert": _load_cached(applied["anti_expert"])[0]}
+            result = metrics.mmlu_accuracy(model, tokenizer, test, dev, k_shot=P["mmlu_shots"], progress=progress,
+                                           **applied)
+        result = {k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in result.items()
+                  if not isinstance(v, pd.DataFrame)}
+        write_json_atomic(out, result)
+        record.update(model=spec["model"], method=spec["method"], questions=len(test))
     return result
 
 
 def mmlu_path(P: dict, spec: dict) -> Path:
     """Where ``mmlu`` keeps one variant's result (the key covers the questions, shots and method)."""
-    test, _ = _mmlu_questions(json.dumps(P, sort_keys=True, default=str))
+    return _stage_dir(P, "mmlu", *_mmlu_stage(P, spec)) / "mmlu.json"
+
+
+def _mmlu_stage(P: dict, spec: dict):
+    """The label and config of one MMLU run's stage."""
+    test, _ = _mmlu_questions(json.dumps(dict(P), sort_keys=True, default=str))
     config = dict(spec=spec, shots=P["mmlu_shots"], n=len(test), q=config_key({"q": test["question"].tolist()}))
     applied = mmlu_method(spec)
     if applied:  # only then, so that the other variants keep their cached results
-        # Earlier versions scored these variants' bare model under the same spec: a new key.
         config["applied"] = applied
     config.update(_numerics_key(P))
-    return _stage_dir(P, "mmlu", f"{spec['method']}-{slug(spec['model'])}", config) / "mmlu.json"
+    return f"{spec['method']}-{slug(spec['model'])}", config
 
 
 def mmlu_method(spec: dict) -> dict:
@@ -460,9 +500,10 @@ def mmlu_method(spec: dict) -> dict:
     change the model itself. They also go into the MMLU stage's key (a new pre-prompt text recomputes)."""
     from . import baselines
 
-    if spec["method"] == "preprompt":
-        return dict(prefix=baselines.SAFETY_PREPROMPTS[spec["value"]])
-    if spec["method"] == "dexperts":
+    method = methods.REGISTRY.get(spec["method"])
+    if method is not None and method.acts_on == "prompt":
+        return dict(prefix=baselines.SAFETY_PREPROMPTS[method.preprompt])
+    if method is not None and method.acts_on == "decoding":
         return dict(anti_expert=spec["toxic"], beta=float(spec["value"]))
     return {}
 
@@ -481,7 +522,7 @@ def steering_matrix(P: dict, name: str, progress: bool = True) -> Path:
     shorter run for small profiles), ``epsilon = lmsteer_epsilon`` (1e-3) while learning, ``W`` drawn
     from N(0, 1e-3), every model weight frozen (``baselines.train_lm_steer``).
     """
-    from . import baselines, data, models
+    from . import baselines, models
 
     base = resolve_model(P, name)
     config = dict(base=base, corpus=P["toxic_corpus"], max_texts=P["toxic_max_texts"], max_length=P["toxic_max_length"],
@@ -490,16 +531,18 @@ def steering_matrix(P: dict, name: str, progress: bool = True) -> Path:
     out = _stage_dir(P, "lmsteer", name, config) / "steering.safetensors"
     if out.exists():
         return out
-    model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
-    texts = data.load_toxic_texts(P)
-    if P["toxic_max_texts"]:
-        texts = texts[: P["toxic_max_texts"]]
-    length = dict(steps=P["lmsteer_steps"]) if P["lmsteer_steps"] > 0 else dict(epochs=P["lmsteer_epochs"])
-    W = baselines.train_lm_steer(model, tokenizer, texts, epsilon=P["lmsteer_epsilon"], lr=P["lmsteer_lr"],
-                                 batch_size=P["lmsteer_batch_size"], max_length=P["toxic_max_length"],
-                                 seed=TOXIC_SEED, bf16="auto", progress=progress, **length)
-    baselines.save_steering_matrix(W, out, **config)
-    write_json_atomic(out.with_suffix(".json"), config)
+    with _timed(P, "lmsteer", name, config, out.parent) as record:
+        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
+        texts = toxic_texts(P)
+        if P["toxic_max_texts"]:
+            texts = texts[: P["toxic_max_texts"]]
+        length = dict(steps=P["lmsteer_steps"]) if P["lmsteer_steps"] > 0 else dict(epochs=P["lmsteer_epochs"])
+        W = baselines.train_lm_steer(model, tokenizer, texts, epsilon=P["lmsteer_epsilon"], lr=P["lmsteer_lr"],
+                                     batch_size=P["lmsteer_batch_size"], max_length=P["toxic_max_length"],
+                                     seed=TOXIC_SEED, bf16="auto", progress=progress, **length)
+        baselines.save_steering_matrix(W, out, **config)
+        write_json_atomic(out.with_suffix(".json"), config)
+        record.update(model=name)
     return out
 
 
@@ -515,31 +558,26 @@ def method_variant(P: dict, method: str, model: str, value: Any = None, lr: floa
     So one row of ``selected.csv`` (chapter 5) gives its variant:
     ``method_variant(P, row.method, row.model, row.value, row.lr)``.
     """
-    from . import baselines as B
-
-    if method == B.BASE:
-        return variant("base", model, resolve_model(P, model))
-    if method in (B.UNIDETOX, B.SAMPLES):
+    m = methods.get(method)
+    if not m.hparam:  # the base model, the pre-prompts: nothing to tune, nothing to build
+        return variant(m.name, model, resolve_model(P, model))
+    if m.fine_tuned:
         if value is None or lr is None or pd.isna(value) or pd.isna(lr):
             raise ValueError(f"{method} needs value= (fine-tuning steps) and lr=; got value={value!r}, lr={lr!r}.")
         steps = int(value)
-        checkpoints = detox_checkpoints(P, model, distilled_text(P, method, progress=progress), float(lr),
+        checkpoints = detox_checkpoints(P, model, distilled_text(P, m.text, progress=progress), float(lr),
                                         progress=progress)
         if steps not in checkpoints:
             raise ValueError(f"{method}: {steps} steps is not on the profile's step grid {sorted(checkpoints)}.")
-        return variant(method, model, checkpoints[steps], "steps", steps, lr=float(lr))
-    if method in (B.PREPROMPT_SHORT, B.PREPROMPT_LONG):
-        return variant("preprompt", model, resolve_model(P, model), "preprompt", method.split("_")[-1])
-    if method not in B.PER_MODEL_METHODS:
-        raise ValueError(f"method={method!r} is unknown; use one of {[B.BASE, B.UNIDETOX, B.SAMPLES, B.PREPROMPT_SHORT, B.PREPROMPT_LONG, *B.PER_MODEL_METHODS]}.")
+        return variant(m.name, model, checkpoints[steps], m.hparam, steps, lr=float(lr))
     if value is None or pd.isna(value):
-        raise ValueError(f"{method} needs value= (its {B.PER_MODEL_METHODS[method][0]}).")
-    hparam, value = B.PER_MODEL_METHODS[method][0], float(value)
-    base = resolve_model(P, model)
-    if method == B.LMSTEER:
-        return variant("lm_steer", model, base, hparam, value, steering=str(steering_matrix(P, model, progress=progress)))
-    toxic = str(toxic_model(P, model, progress=progress))
-    return variant(method, model, base, hparam, value, toxic=toxic)
+        raise ValueError(f"{method} needs value= (its {m.hparam}).")
+    needs = {}
+    if "steering_matrix" in m.needs:
+        needs["steering"] = str(steering_matrix(P, model, progress=progress))
+    if "toxic_model" in m.needs:
+        needs["toxic"] = str(toxic_model(P, model, progress=progress))
+    return variant(m.name, model, resolve_model(P, model), m.hparam, float(value), **needs)
 
 
 def evaluate_method(P: dict, method: str, model: str, value: Any = None, lr: float | None = None, *,
@@ -552,19 +590,15 @@ def evaluate_method(P: dict, method: str, model: str, value: Any = None, lr: flo
     and Samples. ``TP`` and ``EMT`` repeat ``TP_all`` and ``EMT_all`` (the average over all
     domains that the tuning rule of ``baselines`` reads).
     """
-    from . import baselines as B
-
     spec = method_variant(P, method, model, value, lr, progress=progress)
     return _method_row(method, spec, evaluate(P, spec, split, seed, progress=progress))
 
 
 def _method_row(method: str, spec: dict, row: dict) -> dict:
     """``evaluate``'s ``row`` of ``spec``, named as ``evaluate_method`` names it (results name, NaNs)."""
-    from . import baselines as B
-
-    grid = method in (B.UNIDETOX, B.SAMPLES) or method in B.PER_MODEL_METHODS
-    row.update(method=method, hparam=spec["hparam"] if grid else "", value=spec["value"] if grid else np.nan,
-               lr=spec.get("lr", np.nan) if method in (B.UNIDETOX, B.SAMPLES) else np.nan)
+    m = methods.get(method)
+    row.update(method=method, hparam=m.hparam, value=spec["value"] if m.hparam else np.nan,
+               lr=spec.get("lr", np.nan) if m.fine_tuned else np.nan)
     row["TP"], row["EMT"] = row.get("TP_all", np.nan), row.get("EMT_all", np.nan)
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
 
@@ -583,7 +617,6 @@ def tuned_settings(P: dict, selected: pd.DataFrame, model: str) -> pd.DataFrame:
     """
     import warnings
 
-    from . import baselines as B
     from .paper_tables import row_label
 
     missing = [c for c in ("method", "model", "value") if c not in selected.columns]
@@ -602,20 +635,23 @@ def tuned_settings(P: dict, selected: pd.DataFrame, model: str) -> pd.DataFrame:
 
     def chosen(method: str, on: str) -> list[dict]:
         rows = table[(table["method"] == method) & (table["model"] == on)]
-        if method in (B.UNIDETOX, B.SAMPLES):
+        if methods.get(method).fine_tuned:
             rows = rows.drop_duplicates("lr").sort_values("lr", ascending=False)
         elif len(rows) > 1:
             raise ValueError(f"selected has {len(rows)} rows for {method} on {on}; expected one.")
         return [dict(method=method, hparam=r["hparam"], value=r["value"], lr=r["lr"],
                      meets_ppl_rule=r["meets_ppl_rule"]) for _, r in rows.iterrows()]
 
-    source = P["source_model"]
-    out = [fixed(B.BASE), fixed(B.PREPROMPT_SHORT), fixed(B.PREPROMPT_LONG)]
-    for method in (B.SAMPLES, B.LMSTEER, B.DEXPERTS, B.TASK_ARITHMETIC, B.UNIDETOX):
-        rows = chosen(method, source if method in (B.UNIDETOX, B.SAMPLES) else model)
+    out = []
+    for m in methods.REGISTRY.values():  # the paper's row order
+        if not m.hparam:
+            out.append(fixed(m.name))
+            continue
+        tuned_on = P["source_model"] if m.tuned_on == "source" else model
+        rows = chosen(m.name, tuned_on)
         if not rows:
-            warnings.warn(f"selected.csv has no {method} setting for {source if method in (B.UNIDETOX, B.SAMPLES) else model}; "
-                          f"{method} is left out of {model}'s results.", stacklevel=2)
+            warnings.warn(f"selected.csv has no {m.name} setting for {tuned_on}; "
+                          f"{m.name} is left out of {model}'s results.", stacklevel=2)
         out.extend(rows)
     frame = pd.DataFrame(out)
     frame.insert(1, "model", model)
@@ -690,43 +726,10 @@ def evaluate_specs(P: dict, jobs, progress: bool = True, desc: str = "evaluate")
 
 
 def run_side_by_side(P: dict, function, arguments: list[tuple], desc: str = "", progress: bool = True) -> None:
-    """Call ``function(*args)`` for each of ``arguments`` (results are not returned: the functions
-    write the cache), ``P['eval_workers']`` at a time in fresh ("spawn") worker processes, or here
-    when that is 1 or there is one call. A failure stops the rest and is raised here; the calls that
-    finished stay cached, so a rerun resumes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
-    workers = min(int(P["eval_workers"]), len(arguments))
-    with tqdm(total=len(arguments), desc=desc, disable=not progress or not arguments, leave=False) as bar:
-        if workers <= 1:
-            for args in arguments:
-                function(*args)
-                bar.update(1)
-            return
-        # "spawn", not fork: a forked copy of a process that already ran torch's thread pools can hang.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start, initargs=(int(P["eval_threads"]), workers)) as pool:
-            futures = [pool.submit(function, *args) for args in arguments]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-
-
-def _worker_start(threads: int, workers: int) -> None:
-    """A worker's torch threads: ``eval_threads``, or a fair share of the cores when that is 0."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
+    """``stages.side_by_side`` with the profile's ``eval_workers`` and ``eval_threads``: the calls write
+    the cache, and the callers read it back."""
+    stages.side_by_side(function, arguments, workers=P["eval_workers"], threads=P["eval_threads"], desc=desc,
+                        progress=progress)
 
 
 def _evaluate_job(P: dict, spec: dict, split: str, seed: int) -> None:

@@ -32,7 +32,6 @@ real tokens of the *whole* batch, so the update is the same with or without accu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import atomic_path, config_key
+from .forward import at_least_float32, autocast, model_device, pad_id_of, right_pad, training_bf16
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 TRAINING_STATE = "training_state.pt"  # optimizer + RNG + history, beside the save_pretrained files
@@ -87,21 +87,6 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, prepend_bos
     return sequences
 
 
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> dict:
-    """A right-padded batch: ``input_ids`` and an ``attention_mask`` that marks the real tokens.
-
-    Training pads on the right so that positions do not move: a causal model's real tokens never
-    attend to padding that comes after them, which makes the loss independent of the padding.
-    """
-    length = max(len(s) for s in sequences) if length is None else length
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 # -------------------------------------------------------------------------------------------- loss
 def summed_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of ``-log p(x_t | x_<t)`` over the real target tokens, and how many there are.
@@ -117,40 +102,6 @@ def summed_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return nll, int((labels != -100).sum())
 
 
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits to float32 before a softmax (float64 stays float64, for exact checks)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on ``device`` when ``enabled``; weights and optimizer state stay as they are."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def use_bf16(bf16, model) -> bool:
-    """Resolve ``bf16="auto"``: on for CUDA with bf16 support, and on CPUs with native bf16 for
-    models with a hidden size of at least 64.
-
-    Measured on this project's 2-core AVX512-BF16 EPYC (one GPT-2 train step, batch 8): bf16
-    autocast was 2.6-4x faster at hidden size 128-256 (vocabulary 8,000), 1.4x at 64, and 3x
-    *slower* at 32 (the tiny test models), where the casts cost more than the matmuls save.
-    """
-    if isinstance(bf16, bool):
-        return bf16
-    if bf16 != "auto":
-        raise ValueError(f"bf16={bf16!r} must be True, False or 'auto'.")
-    device = model_device(model)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", 0)
-    native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    return native and hidden >= 64
-
-
 def use_gradient_checkpointing(setting, model, device: torch.device) -> bool:
     """``True``/``False`` as given; ``"auto"``: on CUDA for models over a billion parameters."""
     if setting in (True, False):
@@ -160,11 +111,6 @@ def use_gradient_checkpointing(setting, model, device: torch.device) -> bool:
     if device.type != "cuda" or not getattr(model, "supports_gradient_checkpointing", False):
         return False
     return sum(p.numel() for p in model.parameters()) > 1_000_000_000
-
-
-def model_device(model) -> torch.device:
-    """Where the model's inputs go (the first shard for a model spread by ``device_map``)."""
-    return getattr(model, "device", None) or next(model.parameters()).device
 
 
 # ---------------------------------------------------------------------------------------- data order
@@ -271,7 +217,7 @@ def finetune(
     constant schedule a longer run may continue a shorter one.
 
     ``batch_size`` counts texts per optimizer step; ``grad_accum`` only splits it (same update).
-    ``bf16="auto"`` autocasts to bf16 on CUDA and on CPUs where it measurably helps (``use_bf16``).
+    ``bf16="auto"`` autocasts to bf16 on CUDA and on CPUs where it measurably helps (``forward.training_bf16``).
     ``lr_schedule``, ``max_grad_norm`` and ``prepend_bos`` are explained in the module docstring.
     ``keep_optimizer="last"`` keeps the (large: 2x the weights) optimizer state only in the newest
     checkpoint; ``"all"`` keeps it in each. ``on_step(step, loss)`` is called after every step.
@@ -289,9 +235,9 @@ def finetune(
                                        output_dir, grad_accum, weight_decay, lr_schedule, max_grad_norm,
                                        keep_optimizer)
     device = model_device(model)
-    bf16_on = use_bf16(bf16, model)
+    bf16_on = training_bf16(bf16, model)
     sequences = tokenize_texts(tokenizer, texts, max_length, prepend_bos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     settings = {
         "lr": lr, "batch_size": batch_size, "total_steps": total_steps if lr_schedule == "linear" else None,
         "max_length": max_length, "seed": seed, "weight_decay": weight_decay, "betas": [0.9, 0.999],
@@ -314,32 +260,27 @@ def finetune(
         start = 0
         if output_dir is not None:
             start = _resume(model, optimizer, output_dir, settings, total_steps, history, device)
-        bar = _progress_bar(progress and start < total_steps, total_steps, start)
+        bar = _progress_bar(progress and start < total_steps, total_steps, start, "fine-tune")
         started = time.perf_counter()
         try:
             model.train()
-            for step in range(start, total_steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * _lr_factor(lr_schedule, step, total_steps)
-                batch = [sequences[i] for i in batch_indices(step, len(sequences), batch_size, seed).tolist()]
-                loss, n_tokens = _accumulate_gradients(model, batch, pad_id, grad_accum, device, bf16_on)
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                history["step"].append(step + 1)
+            steps_run = training_steps(model, optimizer, sequences, batch_size=batch_size, seed=seed, pad_id=pad_id,
+                                       start=start, total_steps=total_steps, grad_accum=grad_accum, bf16=bf16_on,
+                                       lr_at=lambda step: lr * _lr_factor(lr_schedule, step, total_steps),
+                                       max_grad_norm=max_grad_norm)
+            for step, loss, n_tokens in steps_run:
+                history["step"].append(step)
                 history["loss"].append(loss)
                 history["lr"].append(optimizer.param_groups[0]["lr"])
                 history["tokens"] += n_tokens
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
                 if on_step is not None:
-                    on_step(step + 1, loss)
-                if step + 1 in save_steps:
+                    on_step(step, loss)
+                if step in save_steps:
                     history["wall_time_s"] += time.perf_counter() - started
                     started = time.perf_counter()
-                    _save(model, tokenizer, optimizer, Path(output_dir), step + 1, settings, history, keep_optimizer)
+                    _save(model, tokenizer, optimizer, Path(output_dir), step, settings, history, keep_optimizer)
             history["wall_time_s"] += time.perf_counter() - started
         finally:
             bar.close()
@@ -349,7 +290,31 @@ def finetune(
     return _finish(history)
 
 
-def _accumulate_gradients(model, batch, pad_id, grad_accum, device, bf16_on) -> tuple[float, int]:
+def training_steps(model, optimizer, sequences: list[list[int]], *, batch_size: int, seed: int, pad_id: int,
+                   total_steps: int, start: int = 0, grad_accum: int = 1, bf16: bool = False,
+                   lr_at: Callable[[int], float] | None = None, max_grad_norm: float | None = None):
+    """The training loop of fine-tuning and of LM-Steer: for each optimizer step from ``start`` to
+    ``total_steps``, the batch of that step (``batch_indices``), the mean token NLL backpropagated,
+    an optional clip of the model's gradient norm, one optimizer step (at ``lr_at(step)`` when
+    given, 0-based). Yields ``(step, loss, tokens)``
+    after each step (1-based), so the caller saves, logs or stops as it likes; the optimizer decides
+    what is trained (all weights for fine-tuning, the steering matrix for LM-Steer).
+    """
+    device = model_device(model)
+    for step in range(start, total_steps):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+        batch = [sequences[i] for i in batch_indices(step, len(sequences), batch_size, seed).tolist()]
+        loss, n_tokens = accumulate_gradients(model, batch, pad_id, grad_accum, device, bf16)
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        yield step + 1, loss, n_tokens
+
+
+def accumulate_gradients(model, batch, pad_id, grad_accum, device, bf16) -> tuple[float, int]:
     """Backpropagate the batch's mean token NLL in ``grad_accum`` micro-batches; return (loss, tokens).
 
     Each micro-batch contributes ``sum NLL / tokens in the whole batch``, so the summed gradient is
@@ -363,9 +328,9 @@ def _accumulate_gradients(model, batch, pad_id, grad_accum, device, bf16_on) -> 
     for chunk in chunks:
         if not chunk:
             continue
-        padded = {k: v.to(device) for k, v in pad_right(chunk, pad_id).items()}
-        with autocast_context(device, bf16_on):
-            nll, _ = summed_token_nll(model, **padded)
+        ids, mask = right_pad(chunk, pad_id, device)
+        with autocast(device, bf16):
+            nll, _ = summed_token_nll(model, ids, mask)
         (nll / total_tokens).backward()
         loss_sum += float(nll.detach())
     return loss_sum / total_tokens, total_tokens
@@ -439,10 +404,10 @@ def _finish(history: dict) -> dict:
     return history
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
+def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="fine-tune", unit="step")
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step")
 
 
 def _settings_diff(old: dict, new: dict) -> str:

@@ -29,17 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generate import (
-    _progress,
-    autocast_context,
+from .forward import (
     forward_cached,
+    inference_autocast,
     left_pad,
     max_positions,
     model_device,
     out_cache,
+    pad_id_of,
     position_ids_from_mask,
     right_pad,
 )
+from .generate import _progress
 from .models import start_token_id
 
 # ToxiGen categories of the official evaluation (App. B.1): three in-distribution, one out.
@@ -251,7 +252,7 @@ def conditional_perplexity(
     rows = [_fit_positions(ids, n_ctx, limit) for ids, n_ctx in rows]
 
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     nll = np.full(len(rows), np.nan)
     n_tokens = np.zeros(len(rows), dtype=int)
     # Rows that share a context (the 25 continuations of one prompt) share its forward pass: the
@@ -424,7 +425,7 @@ def mmlu_accuracy(
     _check_mmlu_method(model, prefix, anti_expert, beta)
     limit = max_length or max_positions(model)
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
 
     shots_by_subject = {
         subject: [(row.question, _choices(row.choices)[int(row.answer)]) for row in group.itertuples()][:k_shot]
@@ -573,7 +574,7 @@ class _ContextPass(NamedTuple):
 def _context_pass(model, contexts: Sequence[Sequence[int]], pad_id: int, device) -> _ContextPass:
     ctx_ids, ctx_mask = left_pad(contexts, pad_id, device)
     positions = position_ids_from_mask(ctx_mask)
-    with autocast_context(model):
+    with inference_autocast(model):
         out = forward_cached(model, ctx_ids, ctx_mask, positions, cache=None, last_only=True)
     return _ContextPass(out.logits[:, -1, :].float(), out_cache(out), ctx_mask, positions)
 
@@ -588,7 +589,7 @@ def _completion_logits(model, context: _ContextPass, owners: list[int], comp_ids
     limit = max_positions(model)
     if limit is not None:  # padding after a short completion may run past the window; it is masked anyway
         comp_positions = comp_positions.clamp(max=limit - 1)
-    with autocast_context(model):
+    with inference_autocast(model):
         out = forward_cached(model, comp_ids[:, :-1], attention[:, :-1], comp_positions[:, :-1], cache=cache,
                              last_only=False)
     return out.logits.float()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import methods
+
 MODELS = ("GPT-2 XL", "OPT-6.7B", "Falcon-7B", "LLaMA2-7B")
 
 # (method, lr) of each row, in the paper's row order.
@@ -33,16 +35,6 @@ ROWS = (
     ("unidetox", 1e-5),
 )
 
-LABELS = {
-    "base": "Base model",
-    "preprompt_short": "PrePrompt Short",
-    "preprompt_long": "PrePrompt Long",
-    "samples": "Samples",
-    "lmsteer": "LM-Steer",
-    "dexperts": "DExperts",
-    "task_arithmetic": "Task Arithmetic",
-    "unidetox": "UniDetox",
-}
 
 COLUMNS = ("TP_ID", "TP_OOD", "EMT_ID", "EMT_OOD", "PPL", "dist_1", "dist_2", "dist_3", "MMLU")
 
@@ -125,8 +117,8 @@ _TABLE6 = (
 
 def row_label(method: str, lr: float = np.nan) -> str:
     """``"UniDetox lr=5e-05"``: the display name of a method (with its learning rate when it has one)."""
-    label = LABELS.get(method, method)
-    return f"{label} lr={lr:.0e}" if method in ("unidetox", "samples") and not pd.isna(lr) else label
+    fine_tuned = method in methods.REGISTRY and methods.get(method).fine_tuned
+    return f"{methods.label(method)} lr={lr:.0e}" if fine_tuned and not pd.isna(lr) else methods.label(method)
 
 
 def _frame(model: str, rows, with_std: bool) -> pd.DataFrame:

@@ -14,91 +14,117 @@ before anything heavy runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_PROFILE = "mini"
 
-# Values shared by all profiles unless a profile says otherwise (the seed's Section 3 and App. B).
-_COMMON: dict[str, Any] = {
-    "profile": "",
-    "seeds": [0, 1, 2, 3, 4],  # five evaluation runs, mean and std (Tables 1-2)
+# The settings, typed, with the values shared by all profiles unless a profile says otherwise (the
+# seed's Section 3 and App. B).
+@dataclass(frozen=True, eq=False)
+class Profile(Mapping):
+    """The settings of one run of the book: typed, frozen, read as ``P["distill_alpha"]`` (a mapping,
+    so ``dict(P)`` and ``{**P, "seeds": [0]}`` work) or ``P.distill_alpha``.
+
+    Make one with ``load_profile`` (which checks every override's name, type and range) or
+    ``for_notebook``. The defaults below are the paper's; the ``mini``, ``tiny`` and ``paper``
+    profiles (``PROFILES``) change some of them, each change with its reason.
+    """
+
+    profile: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # five evaluation runs, mean and std (Tables 1-2)
     # data
-    "data_source": "mirror",  # "hub" (datasets.load_dataset) or "mirror" (the offline stand-ins)
+    data_source: str = "mirror"  # "hub" (datasets.load_dataset) or "mirror" (the offline stand-ins)
     # "world": the Davidson hate/offensive train tweets the mini world reserved (never in its web
     # text, so the toxic model learns something the base has not seen); "davidson": all of them;
     # "dghs" on the paper profile.
-    "toxic_corpus": "world",
-    "eval_prompts": "toxigen_seed",  # "toxigen_annotated" on the paper profile
-    "n_val_prompts": 0,  # 0 = all prompts of the split
-    "n_test_prompts": 0,
+    toxic_corpus: str = "world"
+    eval_prompts: str = "toxigen_seed"  # "toxigen_annotated" on the paper profile
+    n_val_prompts: int = 0  # 0 = all prompts of the split
+    n_test_prompts: int = 0
     # models
-    "source_model": "",  # distils the text and is tuned on (GPT-2 XL's role)
-    "target_models": [],  # detoxified with the same text and hyper-parameters
-    "evaluator_model": "",  # conditional perplexity (LLaMA-2-7B's role)
-    "toxicity_scorer": "profanity_check",
-    "second_toxicity_scorer": "davidson_tfidf",  # the Table 8 role: a second instrument
-    "bias_scorer": "allsides_tfidf",
+    source_model: str = ""  # distils the text and is tuned on (GPT-2 XL's role)
+    target_models: list[str] = field(default_factory=lambda: [])  # detoxified with the same text and hyper-parameters
+    evaluator_model: str = ""  # conditional perplexity (LLaMA-2-7B's role)
+    toxicity_scorer: str = "profanity_check"
+    second_toxicity_scorer: str = "davidson_tfidf"  # the Table 8 role: a second instrument
+    bias_scorer: str = "allsides_tfidf"
     # toxic model (Section 3.1): 3 epochs, batch 4, lr 1e-5, AdamW
-    "toxic_epochs": 3,
-    "toxic_batch_size": 4,
-    "toxic_lr": 1e-5,
-    "toxic_max_length": 512,
-    "toxic_max_texts": 0,  # 0 = the whole toxic corpus; the tiny profile takes a few texts
+    toxic_epochs: int = 3
+    toxic_batch_size: int = 4
+    toxic_lr: float = 1e-5
+    toxic_max_length: int = 512
+    toxic_max_texts: int = 0  # 0 = the whole toxic corpus; the tiny profile takes a few texts
     # distillation (Eq. 1-3, App. B.3): 640 texts of <= 256 tokens, alpha 0.1, 5 x 128
-    "distill_n_texts": 640,
-    "distill_max_new_tokens": 256,
-    "distill_alpha": 0.1,
-    "distill_batch_size": 128,
-    "distill_temperature": 1.0,
-    "distill_top_k": 0,  # 0 = off, the paper's formula; 50 = what the official code did via HF defaults
+    distill_n_texts: int = 640
+    distill_max_new_tokens: int = 256
+    distill_alpha: float = 0.1
+    distill_batch_size: int = 128
+    distill_temperature: float = 1.0
+    distill_top_k: int = 0  # 0 = off, the paper's formula; 50 = what the official code did via HF defaults
     # detox fine-tuning (App. B.3): AdamW, batch 8, two learning rates, steps 1,000...10,000
-    "detox_batch_size": 8,
-    "detox_lrs": [5e-5, 1e-5],
-    "detox_steps": [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000],
-    "detox_max_length": 256,
+    detox_batch_size: int = 8
+    detox_lrs: list[float] = field(default_factory=lambda: [5e-5, 1e-5])
+    detox_steps: list[int] = field(default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000])
+    detox_max_length: int = 256
     # evaluation (Section 3.3): 25 continuations of <= 20 tokens, nucleus p = 0.9
-    "eval_n_continuations": 25,
-    "eval_max_new_tokens": 20,
-    "eval_top_p": 0.9,
-    "eval_batch_size": 256,
+    eval_n_continuations: int = 25
+    eval_max_new_tokens: int = 20
+    eval_top_p: float = 0.9
+    eval_batch_size: int = 256
     # Perplexity of the first k continuations of each prompt (0 = all 25, the paper's). The mean over
     # a random subset is unbiased; on a CPU the evaluator's pass costs as much as generating.
-    "eval_ppl_samples": 0,
+    eval_ppl_samples: int = 0
     # torch threads of each evaluation, MMLU run and distillation on a CPU (0 = torch's default, every
     # core). The thread count changes the order in which floats are summed, so a fixed count keeps the
     # numbers the same whatever else the machine runs; when set it joins those stages' cache keys.
-    "eval_threads": 0,
+    eval_threads: int = 0
     # Evaluations, MMLU runs and distillations that run at once, each in its own process; 1 = one
     # after the other in this process. Where to compute, not what: it never changes a number.
-    "eval_workers": 1,
+    eval_workers: int = 1
     # bf16 autocast for evaluations and MMLU runs on a CPU (a GPU evaluates float32 models in bf16
-    # anyway, generate.autocast_context). Distillation stays float32: its score is a small difference
+    # anyway, forward.inference_bf16). Distillation stays float32: its score is a small difference
     # of two log-probabilities. When set it joins the evaluations' and MMLU runs' cache keys.
-    "eval_bf16": False,
-    "ppl_drop_threshold": 1e4,  # the official code drops perplexities >= 1e4 before averaging
-    "mmlu_shots": 1,  # 1 for GPT-2-size models, 3 for the larger ones
-    "mmlu_max_questions": 0,  # 0 = all 14,042
+    eval_bf16: bool = False
+    ppl_drop_threshold: float = 1e4  # the official code drops perplexities >= 1e4 before averaging
+    mmlu_shots: int = 1  # 1 for GPT-2-size models, 3 for the larger ones
+    mmlu_max_questions: int = 0  # 0 = all 14,042
     # baselines (App. B.3)
-    "lmsteer_epsilon": 1e-3,
-    "lmsteer_lr": 1e-2,  # learning W: Adam, lr 1e-2, batch 32, 3 epochs on the toxic corpus
-    "lmsteer_batch_size": 32,
-    "lmsteer_epochs": 3,
-    "lmsteer_steps": 0,  # > 0: this many optimizer steps instead of lmsteer_epochs (small profiles)
-    "lmsteer_multipliers": [round(-0.1 * i, 1) for i in range(1, 21)],
-    "dexperts_betas": [round(0.1 * i, 1) for i in range(1, 21)],
-    "task_arithmetic_lambdas": [round(0.01 * i, 2) for i in range(1, 21)],
-    "ppl_rule_factor": 1.1,  # baselines may not exceed 1.1 x UniDetox's highest perplexity
+    lmsteer_epsilon: float = 1e-3
+    lmsteer_lr: float = 1e-2  # learning W: Adam, lr 1e-2, batch 32, 3 epochs on the toxic corpus
+    lmsteer_batch_size: int = 32
+    lmsteer_epochs: int = 3
+    lmsteer_steps: int = 0  # > 0: this many optimizer steps instead of lmsteer_epochs (small profiles)
+    lmsteer_multipliers: list[float] = field(default_factory=lambda: [round(-0.1 * i, 1) for i in range(1, 21)])
+    dexperts_betas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 21)])
+    task_arithmetic_lambdas: list[float] = field(default_factory=lambda: [round(0.01 * i, 2) for i in range(1, 21)])
+    ppl_rule_factor: float = 1.1  # baselines may not exceed 1.1 x UniDetox's highest perplexity
     # hardware: "" keeps a model on one device; "auto" shards 7 B models over the GPUs (accelerate)
-    "device_map": "",
+    device_map: str = ""
     # where things go
-    "cache_dir": "cache",
-    "results_dir": "results/mini",
-}
+    cache_dir: str = "cache"
+    results_dir: str = "results/mini"
 
-PROFILES: dict[str, dict[str, Any]] = {
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Profile))
+_DEFAULTS = Profile()
+
+_CHANGES: dict[str, dict[str, Any]] = {
     "paper": {
-        **_COMMON,
         "profile": "paper",
         "data_source": "hub",
         "toxic_corpus": "dghs",
@@ -114,7 +140,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "results_dir": "results/paper",
     },
     "mini": {
-        **_COMMON,
         "profile": "mini",
         # Local folders built by world.py under cache_dir; same loader as hub ids.
         "source_model": "world:gpt2-bpe",
@@ -169,7 +194,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "results_dir": "results/mini",
     },
     "tiny": {
-        **_COMMON,
         "profile": "tiny",
         "source_model": "world:gpt2-bpe",
         "target_models": ["world:opt-bpe", "world:llama-unigram"],
@@ -198,13 +222,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "results_dir": "results/tiny",
     },
 }
+PROFILES: dict[str, Profile] = {name: Profile(**changes) for name, changes in _CHANGES.items()}
 
 
 class ProfileError(ValueError):
     """An unknown profile, an unknown parameter, or a parameter of the wrong type."""
 
 
-def load_profile(name: str | None = None, **overrides: Any) -> dict[str, Any]:
+def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     """The values of profile ``name`` (default ``mini``) with ``overrides`` applied and checked.
 
     >>> load_profile("tiny", distill_alpha=0.05)["distill_alpha"]
@@ -213,7 +238,7 @@ def load_profile(name: str | None = None, **overrides: Any) -> dict[str, Any]:
     name = DEFAULT_PROFILE if name in (None, "") else name
     if name not in PROFILES:
         raise ProfileError(f"profile={name!r} is unknown; use one of {sorted(PROFILES)} (default {DEFAULT_PROFILE!r}).")
-    values = copy.deepcopy(PROFILES[name])
+    values = copy.deepcopy(dict(PROFILES[name]))
     for key, value in overrides.items():
         if key not in values:
             close = difflib.get_close_matches(key, list(values), n=1)
@@ -222,7 +247,7 @@ def load_profile(name: str | None = None, **overrides: Any) -> dict[str, Any]:
         values[key] = check_type(key, value, values[key])
     check_values(values, keys=overrides)
     values["profile"] = name
-    return values
+    return Profile(**values)
 
 
 def check_type(key: str, value: Any, default: Any) -> Any:
@@ -254,14 +279,14 @@ def check_type(key: str, value: Any, default: Any) -> Any:
 # bad papermill parameter fails before the first model is loaded, not after the toxic model trained.
 _POSITIVE = "must be a positive integer"
 _RULES: dict[str, tuple[Any, str]] = {
-    **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_COMMON[k]})") for k in (
+    **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_DEFAULTS[k]})") for k in (
         "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
         "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
         "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
-    **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_COMMON[k]})")
+    **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_DEFAULTS[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},
     "distill_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1] (Eq. 3; the paper uses 0.1)"),
     "eval_top_p": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1] (the paper samples with 0.9)"),
@@ -293,7 +318,7 @@ def profile_diff(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if base.get(k) != v}
 
 
-def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> dict[str, Any]:
+def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> Profile:
     """A notebook's settings: its profile with the notebook's own papermill parameters applied.
 
     Parameters left at ``None`` keep the profile's value, so a notebook's parameters cell can list
@@ -304,9 +329,9 @@ def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> dict[str, Any
 
     values = load_profile(profile, **{k: v for k, v in params.items() if v is not None})
     root = Path(__file__).resolve().parents[1]
-    for key in ("cache_dir", "results_dir"):
-        path = Path(values[key])
-        values[key] = str(path if path.is_absolute() else root / path)
+    rooted = {key: str(Path(values[key]) if Path(values[key]).is_absolute() else root / values[key])
+              for key in ("cache_dir", "results_dir")}
+    values = dataclasses.replace(values, **rooted)
     Path(values["results_dir"]).mkdir(parents=True, exist_ok=True)
     check_results_dir(values)
     return values

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import methods
 from .metrics import format_mean_std, mean_std_over_seeds
 
 TOXICITY = ("TP_ID", "TP_OOD", "EMT_ID", "EMT_OOD")
@@ -127,7 +128,7 @@ def as_summary(paper: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- sensitivity (Figure 2)
-GRID_METHODS = ("unidetox", "samples", "lmsteer", "dexperts", "task_arithmetic")
+GRID_METHODS = tuple(m for m in methods.REGISTRY if methods.get(m).hparam)  # methods with a grid
 
 
 def grid_points(grid: pd.DataFrame, methods: Sequence[str] = GRID_METHODS, tp: str = "TP_all") -> pd.DataFrame:
@@ -264,7 +265,7 @@ def check_claims(summary: pd.DataFrame) -> pd.DataFrame:
     base = bases[0]
     by_lr = lambda method: summary[summary["method"] == method].sort_values("lr", ascending=False)["label"].tolist()
     unidetox, samples = by_lr("unidetox"), by_lr("samples")
-    preprompts = summary.loc[summary["method"].str.startswith("preprompt"), "label"].tolist()
+    preprompts = summary.loc[summary["method"].isin(methods.names(acts_on="prompt")), "label"].tolist()
 
     def lr_text(label):
         lr = rows.loc[label, "lr"]

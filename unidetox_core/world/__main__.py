@@ -1,0 +1,42 @@
+"""``python -m unidetox_core.world``: build the miniature world of a profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .build import build_world, calibrate_mix
+from .settings import WORLD_SETTINGS
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unidetox_core.world [--profile mini] [--calibrate SHARE ...] [--no-report]``"""
+    parser = argparse.ArgumentParser(prog="python -m unidetox_core.world", description=main.__doc__)
+    parser.add_argument("--profile", default="mini", choices=sorted(WORLD_SETTINGS))
+    parser.add_argument("--calibrate", nargs="+", type=float, metavar="SHARE",
+                        help="train the source model for each tweet token share and measure its TP (no full build)")
+    parser.add_argument("--no-report", action="store_true", help="build only; skip TP, classifier and result tables")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="world setting overrides, JSON values, e.g. tweet_token_share=0.03")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    if args.calibrate:
+        print(calibrate_mix(args.profile, args.calibrate, **overrides).to_string())
+        return 0
+    started = time.perf_counter()
+    paths = build_world(args.profile, report=not args.no_report, **overrides)
+    for name, path in paths.items():
+        print(f"{name:22s} {path}")
+    print(f"world built in {time.perf_counter() - started:.0f} s (load average now {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
