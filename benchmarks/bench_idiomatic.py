@@ -31,6 +31,13 @@ ratio of every repeat is kept and the table shows its min and median:
        prompts repeated 25 times, prompts sorted by length as the project does, cut into batches of
        the same number of rows, decoded with ``batch_decode`` (the project's call returns text too).
 
+3. **What bounds decode efficiency**: one decoding run of figure 1's size with a clock around each
+   part of a step (the two cached forward passes, the log-softmaxes, Eq. 1 + 3, the Gumbel draw).
+   The teacher-forced forward of (c) runs the same weights over all positions in one call per chunk;
+   a decoding step runs them over one position per row, so every part that is not a matrix product
+   over many positions -- the per-step overhead of the forward pass and everything after it -- is
+   what keeps decoding below the teacher-forced rate.
+
 When the project's functions take ``fast`` (a refactor may add it: ``False`` = the plain, readable
 path), both settings are measured; otherwise the default path only.
 
@@ -69,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 import transformers  # noqa: E402
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
-from unidetox_core import distill, generate, models, profiles, world  # noqa: E402
+from unidetox_core import distill, forward, generate, models, profiles, world  # noqa: E402
 
 KEEP_RATIO = 1.5  # the project rule: a hand-written path stays only at >= 1.5x the idiomatic one
 ALPHA = 0.1  # the paper's plausibility cut
@@ -114,8 +121,8 @@ def machine() -> dict:
 
 
 def core_digest() -> str:
-    """A digest of the timed code as it was on disk: the package is being refactored while benchmarks
-    run, and a commit id would not say which working-tree version a row measured."""
+    """A digest of the timed code as it is on disk, so a row says which version of the decoding code it
+    measured, committed or not."""
     digest = hashlib.sha1()
     for name in ("distill.py", "generate.py", "fast.py"):
         path = ROOT / "unidetox_core" / name
@@ -282,6 +289,37 @@ def teacher_forced(M, ids: torch.Tensor, chunk: int = 16) -> dict:
 
 
 # ------------------------------------------------------------------------- figure 2: evaluation
+@torch.inference_mode()
+def decode_breakdown(M, S) -> dict:
+    """Where a contrastive decoding step spends its time: ``decode_batch``'s step written out with a
+    clock around each part (the two cached forward passes, the float32 log-softmaxes, Eq. 1 + 3, the
+    Gumbel draw, the bookkeeping). What bounds decode efficiency is what is not the forward pass."""
+    from unidetox_core import forward
+
+    base, toxic = M["base"], M["toxic"]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.full((S["batch"], 1), models.start_token_id(M["tok"]), dtype=torch.long)
+    caches, parts = {"base": None, "toxic": None}, dict.fromkeys(("forward", "log_softmax", "score", "sample"), 0.0)
+    started = time.perf_counter()
+    for _ in range(S["tokens"]):
+        clock = time.perf_counter()
+        logits = {}
+        for name, model in (("base", base), ("toxic", toxic)):
+            logits[name], caches[name] = forward.next_token_logits(model, ids, caches[name])
+        parts["forward"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        logprobs = {name: torch.log_softmax(value.float(), dim=-1) for name, value in logits.items()}
+        parts["log_softmax"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        scores = distill.contrastive_scores(logprobs["base"], logprobs["toxic"], 0.1)
+        parts["score"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        ids = distill.gumbel_sample(scores, generator)[:, None]
+        parts["sample"] += time.perf_counter() - clock
+    total = time.perf_counter() - started
+    return {"total": total, **parts, "other": total - sum(parts.values())}
+
+
 def eval_prompts(tok, n: int, lengths: tuple[int, int], seed: int = 1) -> list[str]:
     """``n`` made-up prompts whose token counts lie in ``lengths`` (cut from longer texts by tokens)."""
     rng = random.Random(seed)
@@ -318,7 +356,7 @@ def eval_idiomatic(M, prompts, batch: int, repeat: int, implementation: str | No
         encoded = [tok(p).input_ids for p in prompts]
         rows = [ids for ids in sorted(encoded, key=len, reverse=True) for _ in range(N_CONTINUATIONS)]
         for first in range(0, len(rows), batch):
-            ids, mask = generate.left_pad(rows[first:first + batch], tok.pad_token_id, "cpu")
+            ids, mask = forward.left_pad(rows[first:first + batch], tok.pad_token_id, "cpu")
             forget_static_size(base)
             out = base.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_p=TOP_P, top_k=0,
                                 max_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id,
@@ -504,6 +542,13 @@ def main(argv=None) -> int:
         rows += summarize(figure, sides, reference, loads, torch.get_num_threads(), info)
 
     print_table(rows)
+    if 1 in figures:  # what bounds decode efficiency: the shares of one decoding run's time
+        parts = decode_breakdown(M, S)
+        print("\nwhere contrastive decoding spends its time (" + ", ".join(
+            f"{name} {100 * parts[name] / parts['total']:.0f}%" for name in parts if name != "total") + ")")
+        rows += [{"figure": 3, "what": "contrastive decoding, time by part", "side": name,
+                  "setting": f"{S['tokens']} steps x {S['batch']} rows", "rate": round(parts[name], 4),
+                  "unit": "s", "wall_s": round(parts["total"], 4), **info} for name in parts if name != "total"]
     print(f"\nreference per figure = the faster idiomatic side; keep rule: ours >= {KEEP_RATIO}x it in every repeat")
     out = Path(args.out) if args.out else ROOT / "results" / args.profile / "benchmark_idiomatic.csv"
     write_csv(rows, out)

@@ -19,6 +19,15 @@ from unidetox_core import models
 # same numbers in every run.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one torch thread, whatever an earlier test set, and leaves it so (worker
+    processes a test starts compute with the same count, hence the same floats)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("UNIDETOX_DATA_MIRROR", ROOT.parent / "shared" / "data"))
 

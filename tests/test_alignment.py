@@ -8,14 +8,6 @@ import torch
 from unidetox_core import analysis, finetune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_columns_and_exact_contrastive_score(tiny_gpt2, corpus):
     base, tok = tiny_gpt2
     toxic = copy.deepcopy(base)

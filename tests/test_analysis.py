@@ -133,3 +133,29 @@ def test_notebook_times_without_runs_and_after_one(tmp_path):
         {"notebooks/01_data.ipynb": {"seconds": 3.5, "finished": "today", "key": "k", "output": "o"}}))
     assert analysis.notebook_times(P).to_dict("records") == [
         {"notebook": "notebooks/01_data.ipynb", "seconds": 3.5, "finished": "today"}]
+
+
+def test_table9_sums_each_methods_stages_from_the_run_log(tmp_path):
+    from unidetox_core import compute
+
+    P = load_profile("tiny", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    source, target = P["source_model"], P["target_models"][0]
+    _run(P, "toxic", "gpt2-bpe", {"m": 1}, 10.0, model=source)
+    _run(P, "toxic", "opt-bpe", {"m": 2}, 30.0, model=target)
+    main = {"text": "unidetox", "seed": 0, "alpha": P["distill_alpha"], "top_k": P["distill_top_k"]}
+    _run(P, "distilled", "unidetox", {"t": 1}, 4.0, **main)
+    _run(P, "distilled", "unidetox", {"t": 2}, 99.0, **{**main, "seed": 1})  # an analysis, not the method's cost
+    text_folder = f"unidetox-{config_key({'t': 1})}"
+    _run(P, "detox", f"gpt2-bpe-{text_folder}", {"d": 1}, 5.0, text=text_folder)
+    _run(P, "detox", f"opt-bpe-{text_folder}", {"d": 2}, 6.0, text=text_folder)
+    _run(P, "lmsteer", "opt-bpe", {"l": 1}, 2.0)
+    table = compute.table9(P).set_index("method")
+    assert table.loc["UniDetox", "toxic_s"] == 10.0 and table.loc["UniDetox", "toxic_runs"] == 1
+    assert table.loc["UniDetox", "distill_s"] == 4.0 and table.loc["UniDetox", "finetune_s"] == 11.0
+    assert table.loc["DExperts", "toxic_s"] == 40.0 and table.loc["DExperts", "toxic_runs"] == 2
+    assert table.loc["LM-Steer", "steering_s"] == 2.0 and np.isnan(table.loc["LM-Steer", "toxic_s"])
+    assert table.loc["Samples", "distill_runs"] == 0 and np.isnan(table.loc["Samples", "distill_s"])
+    view = compute.table9_view(compute.table9(P)).set_index("method")
+    assert view.loc["UniDetox", "fine-tuning"] == "11.0 s (2 runs)" and view.loc["Samples", "distillation"] == "—"
+    assert compute.hms(75) == "1 min 15 s" and compute.hms(7500) == "2 h 05 min" and compute.hms(float("nan")) == "—"
+    assert "4.0 times" in compute.cost_sentence(compute.table9(P))

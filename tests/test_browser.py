@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import build_book  # noqa: E402
 
-SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # No network, no first-run work, no sandbox (CI runs as root): the flags the project settled on.
 BROWSER_FLAGS = [
@@ -169,11 +168,10 @@ def test_math_is_typeset_offline(doms, chapter_pages):
 def test_screenshots_of_two_chapters(browser, chapter_pages, tmp_path_factory):
     # The first two chapters after the preface: the method (math, figures) and the data (tables).
     chosen = list(chapter_pages)[1:3]
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    shots = tmp_path_factory.mktemp("screenshots")
     profile_dir = tmp_path_factory.mktemp("chromium-shots")
     for chapter in chosen:
-        target = SCREENSHOT_DIR / (Path(chapter).stem + ".png")
-        target.unlink(missing_ok=True)
+        target = shots / (Path(chapter).stem + ".png")
         done = run_browser(
             browser, profile_dir, "--window-size=1280,2000", f"--screenshot={target}", chapter_pages[chapter].as_uri()
         )

@@ -22,14 +22,16 @@ EXPECTED_TABLES = [
 
 
 @pytest.mark.slow
-def test_every_chapter_runs_on_the_tiny_profile():
+def test_every_chapter_runs_on_the_tiny_profile(tmp_path):
+    # Its own cache and results folder: the test writes nothing into the repository.
+    results = tmp_path / "results"
+    command = [sys.executable, "tools/run_notebooks.py", "--profile", "tiny",
+               "-p", "cache_dir", str(tmp_path / "cache"), "-p", "results_dir", str(results)]
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "tools/run_notebooks.py", "--profile", "tiny"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     elapsed = time.perf_counter() - started
     print(run.stdout[-3000:], run.stderr[-3000:], f"\nchain: {elapsed:.0f} s", sep="\n")
     assert run.returncode == 0, run.stderr[-3000:]
-    results = ROOT / "results" / "tiny"
     for chapter in chapter_notebooks(ROOT):
         executed = results / "notebooks" / Path(chapter).name
         nb = nbformat.read(executed, as_version=4)

@@ -11,15 +11,6 @@ import torch
 from unidetox_core import distill, models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are latency-bound: on a shared 2-core machine one thread is ~10x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------ helpers
 def bias_token(model, token_id: int, amount: float):
     """Add ``amount`` to one output logit (a bias on the LM head), e.g. to make EOS frequent."""

@@ -171,11 +171,18 @@ def test_side_by_side_failure_names_the_cause(P):
                          progress=False)
 
 
-def test_bf16_evaluation_has_its_own_keys_and_gives_a_full_row(P):
+def test_bf16_evaluation_has_its_own_keys_and_gives_a_full_row(P, monkeypatch):
     """``eval_bf16`` (the mini profile's CPU setting) changes what an evaluation and an MMLU run
-    compute, so it joins both keys; the evaluation still gives every metric."""
+    compute on a CPU with native bf16, so it joins both keys; the evaluation still gives every metric.
+    A CPU without it evaluates in float32, under float32's keys."""
+    from unidetox_core import forward
+
     spec = E.method_variant(P, B.BASE, P["source_model"])
     bf16 = {**P, "eval_bf16": True}
+    monkeypatch.setattr(forward, "cpu_bf16_native", lambda: False)
+    assert not E.eval_bf16(bf16) and E.continuations_path(bf16, spec) == E.continuations_path(P, spec)
+    monkeypatch.setattr(forward, "cpu_bf16_native", lambda: True)
+    assert E.eval_bf16(bf16)
     assert E.continuations_path(bf16, spec).parent.name != E.continuations_path(P, spec).parent.name
     assert E.mmlu_path(bf16, spec).parent.name != E.mmlu_path(P, spec).parent.name
     row = E.evaluate(bf16, spec, "val", 0, progress=False)

@@ -1,3 +1,4 @@
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -77,3 +78,14 @@ def test_data_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
 
     code = data.main(["fetch", "--mirror", str(tmp_path / "nowhere"), "--raw-dir", str(tmp_path / "raw")])
     assert code == 2 and "is not a folder" in capsys.readouterr().out
+
+
+def test_settings_given_to_the_runner_reach_for_notebook(monkeypatch, tmp_path):
+    monkeypatch.setenv(profiles.SETTINGS_ENV, json.dumps({"seeds": [3], "results_dir": str(tmp_path / "r")}))
+    values = profiles.for_notebook("tiny", seeds=None)  # a parameter left at None keeps the runner's value
+    assert values["seeds"] == [3] and values["results_dir"] == str(tmp_path / "r")
+    own = profiles.for_notebook("tiny", seeds=[4], results_dir=str(tmp_path / "r4"))
+    assert own["seeds"] == [4]  # the notebook's own parameter wins
+    monkeypatch.setenv(profiles.SETTINGS_ENV, json.dumps({"distil_alpha": 0.1}))
+    with pytest.raises(profiles.ProfileError, match="Did you mean 'distill_alpha'"):
+        profiles.for_notebook("tiny")

@@ -56,16 +56,6 @@ needs_data = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are latency-bound; one thread is faster on the shared 2-core machine, and the
-    forked children compute with the same thread count as this process (same float results)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def leftovers(folder: Path) -> list[Path]:
     """Temporaries (``.name.host-pid-xxxx.tmp`` of ``cache.atomic_path``, ``*.tmp``) under ``folder``."""
     return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp")]

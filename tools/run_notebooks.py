@@ -7,7 +7,9 @@
 
 The chapters are the notebooks listed in ``_quarto.yml``, in book order. Each runs with the kernel
 ``python3`` and the parameters ``profile`` plus any ``-p NAME VALUE`` overrides (values are read as
-YAML, so ``-p distill_alpha 0.05`` is a float and ``-p seeds "[0, 1]"`` a list).
+YAML, so ``-p distill_alpha 0.05`` is a float and ``-p seeds "[0, 1]"`` a list). An override that is a
+profile setting reaches every chapter's ``for_notebook`` (through ``UNIDETOX_SETTINGS``), whether or
+not the chapter lists it as a parameter.
 
 Where executed notebooks go: on the default profile (mini) the notebook is replaced in place -- the
 executed mini chapters are what the book shows and what is committed. Other profiles write to
@@ -283,10 +285,25 @@ def ensure_kernel() -> None:
         )
 
 
-def execute(notebook: Path, output: Path, parameters: dict, failed_dir: Path) -> None:
-    """Run ``notebook`` with papermill into ``output``, replacing it only after the last cell ran."""
+def execute(notebook: Path, output: Path, parameters: dict, failed_dir: Path, settings: dict | None = None) -> None:
+    """Run ``notebook`` with papermill into ``output``, replacing it only after the last cell ran.
+
+    ``settings`` (profile settings given for every chapter) reach the notebook's ``for_notebook`` through
+    the environment (``profiles.SETTINGS_ENV``): a chapter need not list every setting as a parameter."""
     import papermill
 
+    previous = os.environ.get(profiles.SETTINGS_ENV)
+    os.environ[profiles.SETTINGS_ENV] = json.dumps(settings or {})
+    try:
+        _execute(papermill, notebook, output, parameters, failed_dir)
+    finally:
+        if previous is None:
+            os.environ.pop(profiles.SETTINGS_ENV, None)
+        else:
+            os.environ[profiles.SETTINGS_ENV] = previous
+
+
+def _execute(papermill, notebook: Path, output: Path, parameters: dict, failed_dir: Path) -> None:
     with atomic_path(output) as tmp:
         try:
             papermill.execute_notebook(
@@ -335,6 +352,7 @@ def run_notebooks(
     overrides = dict(overrides or {})
     values = profile_values(profile, overrides)
     parameters = {"profile": profile, **overrides}
+    settings = {k: v for k, v in overrides.items() if k in profiles.PROFILES.get(profile, {})}
     notebooks = chapter_notebooks(root)
     chosen = set(select(notebooks, only))
     results_dir = resolve(root, values["results_dir"])
@@ -371,7 +389,7 @@ def run_notebooks(
         print(f"{label}: running with {parameters} ...", flush=True)
         started = time.perf_counter()
         try:
-            execute(root / notebook, output, parameters, results_dir / "failed")
+            execute(root / notebook, output, parameters, results_dir / "failed", settings)
         except KeyboardInterrupt:
             print(f"\nInterrupted during {notebook}; it is unchanged. Finished notebooks are cached: rerun to go on.")
             raise

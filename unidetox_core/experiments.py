@@ -330,22 +330,30 @@ def eval_threads(P: dict):
     return torch_threads(P["eval_threads"]) if P["eval_threads"] else contextlib.nullcontext()
 
 
+def eval_bf16(P: dict) -> bool:
+    """Whether evaluations and MMLU runs use bf16 autocast here: when ``P['eval_bf16']`` (the mini
+    profile) and this is a CPU that computes bf16 natively (``forward.cpu_bf16_native``); a CPU that
+    would emulate it evaluates in float32 instead, since emulation costs 30 times the time."""
+    from .forward import cpu_bf16_native
+
+    return bool(P["eval_bf16"]) and _cpu() and cpu_bf16_native()
+
+
 def eval_precision(P: dict):
-    """bf16 autocast on a CPU when ``P['eval_bf16']`` (the mini profile); otherwise nothing. Every
-    forward pass of generation, DExperts, LM-Steer, perplexity and MMLU honours it; their log-softmaxes
-    run on float32 copies of the logits."""
+    """bf16 autocast when ``eval_bf16(P)``; otherwise nothing. Every forward pass of generation,
+    DExperts, LM-Steer, perplexity and MMLU honours it; their log-softmaxes run on float32 copies of
+    the logits."""
     import torch
 
-    if P["eval_bf16"] and _cpu():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if eval_bf16(P) else contextlib.nullcontext()
 
 
 def _numerics_key(P: dict) -> dict:
-    """What an evaluation's or MMLU run's key adds for how it computes: the fixed thread count and bf16,
-    only when set, so the keys of runs made without them stay as they were."""
+    """What an evaluation's or MMLU run's key adds for how it computes: the fixed thread count and bf16
+    (as used here, not as asked for), only when set, so the keys of runs made without them stay as
+    they were."""
     extra = {"threads": P["eval_threads"]} if P["eval_threads"] else {}
-    return {**extra, "bf16": True} if P["eval_bf16"] else extra
+    return {**extra, "bf16": True} if eval_bf16(P) else extra
 
 
 def continuations_path(P: dict, spec: dict, split: str = "val", seed: int = 0,

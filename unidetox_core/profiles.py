@@ -182,8 +182,9 @@ _CHANGES: dict[str, dict[str, Any]] = {
         # throughput of one two-threaded process on the 2-core machine).
         "eval_threads": 1,
         "eval_workers": 2,
-        # 1.28x faster per evaluation on the 2-core AVX512-BF16 machine (generation 1.26x, the
-        # evaluator's perplexity 1.39x); the continuations differ from float32 ones draw by draw.
+        # 1.28x faster per evaluation on a 2-core AVX512-BF16 machine (generation 1.26x, the
+        # evaluator's perplexity 1.39x); the continuations differ from float32 ones draw by draw. Used
+        # only on a CPU with native bf16 (experiments.eval_bf16): emulated, it costs 30 times float32.
         "eval_bf16": True,
         "mmlu_max_questions": 114,  # 2 per subject; the world's models answer near chance anyway
         # One epoch of the toxic corpus for the LM-Steer matrix, not three (125 steps of batch 32).
@@ -318,16 +319,26 @@ def profile_diff(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if base.get(k) != v}
 
 
+SETTINGS_ENV = "UNIDETOX_SETTINGS"
+
+
 def for_notebook(profile: str = DEFAULT_PROFILE, **params: Any) -> Profile:
     """A notebook's settings: its profile with the notebook's own papermill parameters applied.
 
     Parameters left at ``None`` keep the profile's value, so a notebook's parameters cell can list
-    every setting it uses without fixing them. The results folder is created. Paths are resolved
-    against the repository root, so a notebook runs the same from ``notebooks/`` or from papermill.
+    every setting it uses without fixing them. Settings the book's runner was given for every chapter
+    (``tools/run_notebooks.py -p NAME VALUE``) arrive as JSON in the environment variable
+    ``UNIDETOX_SETTINGS``; the notebook's own parameters win over them. The results folder is created.
+    Paths are resolved against the repository root, so a notebook runs the same from ``notebooks/``
+    or from papermill.
     """
+    import json
+    import os
     from pathlib import Path
 
-    values = load_profile(profile, **{k: v for k, v in params.items() if v is not None})
+    given = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+    given.update({k: v for k, v in params.items() if v is not None})
+    values = load_profile(profile, **given)
     root = Path(__file__).resolve().parents[1]
     rooted = {key: str(Path(values[key]) if Path(values[key]).is_absolute() else root / values[key])
               for key in ("cache_dir", "results_dir")}
