@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_all.py
+	$(PY) benchmarks/bench_idiomatic.py
 
 clean-book:
 	rm -rf _build

@@ -87,7 +87,7 @@ def load_now() -> float:
 
 # ----------------------------------------------------------------------------------------- models
 def world_folder(profile: str, name: str) -> Path | None:
-    """The world model's folder when it is already built -- never builds it (that is world.py's job)."""
+    """The world model's folder when it is already built -- never builds it (that is the world package's job)."""
     settings = world.world_settings(profiles.load_profile(profile))
     path = world.step_path(settings, name, world.model_config(settings, name))
     return path if (path / "world.json").exists() else None

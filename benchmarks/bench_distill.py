@@ -28,7 +28,7 @@ import time
 import torch
 
 from unidetox_core import distill, models
-from unidetox_core.finetune import autocast_context, model_device
+from unidetox_core.forward import autocast, model_device
 
 WORDS = (
     "the a news report says people city state president police game team season year time new first "
@@ -64,7 +64,7 @@ def teacher_forced_rate(base, toxic, token_ids: list[list[int]], start_id: int, 
     started = time.perf_counter()
     for i in range(0, len(rows), batch_size):
         batch = torch.tensor(rows[i:i + batch_size], device=device)
-        with autocast_context(device, bf16):
+        with autocast(device, bf16):
             mask = torch.ones_like(batch)  # the padding is counted as work, like the decoder's finished rows
             base(input_ids=batch, attention_mask=mask).logits.float().log_softmax(-1)
             toxic(input_ids=batch.to(model_device(toxic)), attention_mask=mask.to(model_device(toxic))).logits.float().log_softmax(-1)

@@ -77,6 +77,7 @@ import transformers  # noqa: E402
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from unidetox_core import distill, forward, generate, models, profiles, world  # noqa: E402
+from bench_all import Timer, load_now  # noqa: E402  (the same clock as the other figures)
 
 KEEP_RATIO = 1.5  # the project rule: a hand-written path stays only at >= 1.5x the idiomatic one
 ALPHA = 0.1  # the paper's plausibility cut
@@ -90,22 +91,6 @@ CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vn
 
 
 # ----------------------------------------------------------------------------------------- timing
-class Timer:
-    """Wall and CPU seconds of a block (CPU time counts this process's threads only)."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        return False
-
-
-def load_now() -> float:
-    return os.getloadavg()[0]
-
-
 def machine() -> dict:
     name, flags = platform.processor() or "unknown", set()
     with contextlib.suppress(OSError):

@@ -277,7 +277,7 @@ def test_results_folder_of_another_configuration_is_refused(tmp_path, monkeypatc
     other = tmp_path / "other"
     profiles.for_notebook("tiny", results_dir=str(other), seeds=[0])
     profiles.for_notebook("tiny", results_dir=str(other), seeds=[0])
-    monkeypatch.setitem(profiles.PROFILES["tiny"], "eval_top_p", 0.8)
+    monkeypatch.setitem(profiles.PROFILES, "tiny", profiles.Profile(**{**profiles.PROFILES["tiny"], "eval_top_p": 0.8}))
     profiles.for_notebook("tiny", results_dir=str(folder))
     assert json.loads((folder / "profile.json").read_text())["settings"]["eval_top_p"] == 0.8
     assert values["results_dir"] == str(folder)

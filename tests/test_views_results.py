@@ -12,6 +12,7 @@ import pytest
 
 from unidetox_core import data, experiments
 from unidetox_core.profiles import load_profile
+from unidetox_core import views
 from unidetox_core.views import results as rv
 from unidetox_core.views import scorecard as sc
 from unidetox_core.views import texts as tv
@@ -22,9 +23,9 @@ NAN = np.nan
 
 # ================================================================================ results (06, 07)
 def test_paths_are_shown_relative_to_the_repository(tmp_path):
-    assert rv.shown_path(rv.ROOT / "results" / "tiny" / "scorecard.csv") == "results/tiny/scorecard.csv"
+    assert rv.shown_path(views.ROOT / "results" / "tiny" / "scorecard.csv") == "results/tiny/scorecard.csv"
     assert rv.shown_path(tmp_path / "elsewhere.csv") == "elsewhere.csv"  # outside: the name only
-    assert rv.without_root(f"{rv.ROOT}/data/raw/x.csv is missing") == "data/raw/x.csv is missing"
+    assert rv.without_root(f"{views.ROOT}/data/raw/x.csv is missing") == "data/raw/x.csv is missing"
 
 
 def test_short_name_drops_world_prefix_and_organisation():
@@ -271,7 +272,7 @@ def test_load_text_sets_orders_seeds_then_release(monkeypatch):
     assert texts[("samples", 1)] == ["samples-1"] and missing is None
 
     def unavailable():
-        raise data.DataError(f"{rv.ROOT}/data/raw/release.csv is missing.")
+        raise data.DataError(f"{views.ROOT}/data/raw/release.csv is missing.")
 
     monkeypatch.setattr(data, "load_release_text", unavailable)
     texts, missing = tv.load_text_sets({}, [0])
@@ -372,7 +373,7 @@ def test_allsides_reference_true_and_read_shares(monkeypatch):
     assert reference[1] == {"text set": "AllSides test articles: lean", "left": 100.0, "center": 0.0, "right": 0.0}
 
     def unavailable(scheme):
-        raise data.DataError(f"{rv.ROOT}/data/raw/allsides is missing.")
+        raise data.DataError(f"{views.ROOT}/data/raw/allsides is missing.")
 
     monkeypatch.setattr(data, "load_allsides", unavailable)
     assert tv.allsides_reference({"profile": "tiny"}, scorer) == ([], "data/raw/allsides is missing.")

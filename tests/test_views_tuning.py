@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unidetox_core import tables
+from unidetox_core import tables, views
 from unidetox_core.profiles import load_profile
 from unidetox_core.views import sensitivity as S
 from unidetox_core.views import tuning as T
@@ -249,7 +249,7 @@ def marked_points():
 
 def test_short_and_shown_path(tmp_path):
     assert S.short_name("world:gpt2-bpe") == "gpt2-bpe" and S.short_name("facebook/opt-6.7b") == "opt-6.7b"
-    assert S.shown_path(S.ROOT / "results" / "tiny" / "sensitivity.csv") == "results/tiny/sensitivity.csv"
+    assert S.shown_path(views.ROOT / "results" / "tiny" / "sensitivity.csv") == "results/tiny/sensitivity.csv"
     assert S.shown_path(tmp_path / "x.csv") == "x.csv"
 
 

@@ -7,7 +7,7 @@ before anything heavy runs.
 - ``paper``: the seed's setting -- GPT-2 XL distils, OPT-6.7B / Falcon-7B / LLaMA-2-7B are detoxified,
   Detoxify scores, LLaMA-2-7B measures perplexity. Needs a GPU machine with hub access.
 - ``mini``: a miniature world trained by this project from the mirrored public data (see
-  ``world.py``), run offline on a 2-core CPU. Its numbers are *mini results*, never the paper's.
+  the ``world`` package), run offline on a 2-core CPU. Its numbers are *mini results*, never the paper's.
 - ``tiny``: the same code path with toy sizes, so tests and CI finish in seconds.
 """
 
@@ -141,14 +141,14 @@ _CHANGES: dict[str, dict[str, Any]] = {
     },
     "mini": {
         "profile": "mini",
-        # Local folders built by world.py under cache_dir; same loader as hub ids.
+        # Local folders built by the world package under cache_dir; same loader as hub ids.
         "source_model": "world:gpt2-bpe",
         "target_models": ["world:opt-bpe", "world:llama-unigram"],
         "evaluator_model": "world:evaluator",
         # Reductions for a 2-core CPU (each is stated in the chapter that uses it): 2 seeds, a
         # subsample of the toxic corpus and of the prompts, one learning rate, shorter step grids,
         # coarser baseline grids. Small models need larger learning rates and far fewer steps than
-        # GPT-2 XL. Together with the world's sizes (world.py) they are chosen so that a cold build
+        # GPT-2 XL. Together with the world's sizes (world/settings.py) they are chosen so that a cold build
         # of the whole book fits in 45 minutes on the 2-core machine (the compute chapter measures it).
         # Two evaluation (and distillation) seeds, not the paper's five: on the 2-core machine each
         # seed of the results chapters costs about a quarter of an hour.

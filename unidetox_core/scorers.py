@@ -280,7 +280,7 @@ class PoliticalBiasBertScorer:
 class TfidfClassifierScorer:
     """A scikit-learn pipeline -- ``TfidfVectorizer`` then ``LogisticRegression`` -- as a scorer.
 
-    The mini world trains two (world.py): ``davidson_tfidf`` (binary: hate or offensive vs neither,
+    The mini world trains two (``world``): ``davidson_tfidf`` (binary: hate or offensive vs neither,
     Davidson et al. 2017) and ``allsides_tfidf`` (3-class: left, center, right on the AllSides
     articles of Baly et al. 2020, the data PoliticalBiasBERT was trained on). They stand in,
     offline, for the instruments the paper loads from the hub.
@@ -381,7 +381,7 @@ class TfidfClassifierScorer:
         path = Path(path)
         if not path.is_file():
             raise ScorerUnavailableError(
-                f"no TF-IDF scorer at {str(path)!r}; the mini world trains and saves it (world.py), or fit one with "
+                f"no TF-IDF scorer at {str(path)!r}; the mini world trains and saves it (``world``), or fit one with "
                 "TfidfClassifierScorer(name).fit(texts, labels).save(path)."
             )
         blob = joblib.load(path)
@@ -448,7 +448,7 @@ def _load_tfidf(name: str, kwargs: dict) -> TfidfClassifierScorer:
         raise TypeError(f"{name} takes only path=, not {sorted(unknown)}.")
     if kwargs.get("path") is None:
         raise ValueError(
-            f"{name} is trained by the mini world; pass path= to the .joblib file that world.py wrote "
+            f"{name} is trained by the mini world; pass path= to the .joblib file that the world wrote "
             "(TfidfClassifierScorer.save)."
         )
     scorer = TfidfClassifierScorer.load(kwargs["path"])
