@@ -1,8 +1,9 @@
-"""The three profiles as plain values: ``paper``, ``mini`` (the default) and ``tiny`` (tests only).
+"""The three profiles: ``paper``, ``mini`` (the default) and ``tiny`` (tests only).
 
-Every value is flat (``distill_alpha``, not ``distill.alpha``) so that a papermill parameter or a
-keyword argument can override any one of them by name. ``load_profile`` checks names and types
-before anything heavy runs.
+A profile is a ``Profile``: typed, frozen settings whose defaults are the paper's; ``PROFILES`` holds
+what each profile changes, with its reasons. Every setting is flat (``distill_alpha``, not
+``distill.alpha``) so that a papermill parameter or a keyword argument can override any one of them
+by name. ``load_profile`` checks names, types and ranges before anything heavy runs.
 
 - ``paper``: the seed's setting -- GPT-2 XL distils, OPT-6.7B / Falcon-7B / LLaMA-2-7B are detoxified,
   Detoxify scores, LLaMA-2-7B measures perplexity. Needs a GPU machine with hub access.
@@ -123,6 +124,7 @@ class Profile(Mapping):
 _FIELDS = tuple(f.name for f in dataclasses.fields(Profile))
 _DEFAULTS = Profile()
 
+# What each profile changes from the defaults above.
 _CHANGES: dict[str, dict[str, Any]] = {
     "paper": {
         "profile": "paper",
