@@ -159,3 +159,15 @@ def test_table9_sums_each_methods_stages_from_the_run_log(tmp_path):
     assert view.loc["UniDetox", "fine-tuning"] == "11.0 s (2 runs)" and view.loc["Samples", "distillation"] == "—"
     assert compute.hms(75) == "1 min 15 s" and compute.hms(7500) == "2 h 05 min" and compute.hms(float("nan")) == "—"
     assert "4.0 times" in compute.cost_sentence(compute.table9(P))
+
+
+def test_the_compute_appendix_says_when_the_cache_has_no_run_log(tmp_path):
+    from unidetox_core import compute
+
+    P = load_profile("tiny", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    assert "no record" in compute.log_note(P) and compute.stage_summary(P).empty
+    _run(P, "toxic", "gpt2-bpe", {"m": 1}, 10.0, model=P["source_model"])
+    assert compute.log_note(P) == ""
+    summary = compute.stage_summary(P)
+    assert summary.to_dict("records") == [{"stage": "toxic model", "runs": 1, "seconds": 10.0, "median_s": 10.0,
+                                           "longest_s": 10.0}]

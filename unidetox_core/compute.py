@@ -30,6 +30,15 @@ def hms(seconds) -> str:
     return f"{int(seconds // 3600)} h {seconds % 3600 / 60:02.0f} min"
 
 
+def log_note(P: dict) -> str:
+    """A sentence for a profile whose cache holds no run log yet: the tables below are then empty."""
+    if not analysis.stage_times(P).empty:
+        return ""
+    return ("*This cache holds no record of a stage of this profile: the chapters shown were computed in "
+            "another cache, or before the run log existed. `make book` from an empty `cache/` fills the "
+            "tables below.*")
+
+
 def stage_summary(P: dict) -> pd.DataFrame:
     """Per kind of stage: how many ran and their summed, median and longest time (seconds)."""
     times = analysis.stage_times(P)
