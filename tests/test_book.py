@@ -495,3 +495,13 @@ def test_injected_parameters_cell_is_hidden_only_when_it_repeats_the_defaults():
         assert not any("remove-cell" in c.metadata.get("tags", []) for c in kept.cells), other
     assert build_book.literal_assignments('a = 1\nb = "x"  # c') == {"a": 1, "b": "x"}
     assert build_book.literal_assignments("a = f()") is None and build_book.literal_assignments("import os") is None
+
+
+def test_an_empty_frame_still_becomes_a_numbered_table():
+    """An empty DataFrame (a record not written yet) renders its header and a row of dashes, so
+    references to its label still resolve."""
+    import pandas as pd
+
+    table = build_book.html_table_to_list_table(pd.DataFrame(columns=["step", "time"]).to_html(), "cap", "tbl-x")
+    assert ":name: tbl-x" in table and ":header-rows: 1" in table
+    assert table.splitlines()[-4:-1] == ["* - —", "  - —", "  - —"]

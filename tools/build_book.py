@@ -648,6 +648,8 @@ def html_table_to_list_table(html_text: str, caption: str, label: str) -> str | 
     if not rows:
         return None
     grid = _expand_spans(rows, parser.bold_ids())
+    if not parser.body_rows and grid:  # an empty frame: docutils wants a row below the header
+        grid.append(["—"] * len(grid[-1]))
     lines = [f"{DIRECTIVE_FENCE}{{list-table}} {translate_refs(caption)}", f":header-rows: {len(parser.header_rows)}"]
     lines += [f":name: {label}", ":class: dataframe", ""]
     for row in grid:
