@@ -524,10 +524,13 @@ def one_line(row: dict) -> str:
             f"{FIGURES[row['figure']][2]}: {'MET' if row['met'] else 'NOT MET'}")
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+COLUMNS = ["figure", "measured", "baseline", "ratio", "goal", "met", "repeats", "load", "ratio_min", "ratio_max",
+           "cpu_ratio_median", "unit", "what", "detail"]
+
+
+def write_csv(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> None:
+    """``rows`` as a CSV of ``columns`` (floats to 4 digits), written under a temporary name first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["figure", "measured", "baseline", "ratio", "goal", "met", "repeats", "load",
-               "ratio_min", "ratio_max", "cpu_ratio_median", "unit", "what", "detail"]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
 import inspect
 import math
@@ -77,7 +76,7 @@ import transformers  # noqa: E402
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from unidetox_core import distill, forward, generate, models, profiles, world  # noqa: E402
-from bench_all import Timer, load_now  # noqa: E402  (the same clock as the other figures)
+from bench_all import Timer, load_now, write_csv  # noqa: E402  (the same clock as the other figures)
 
 KEEP_RATIO = 1.5  # the project rule: a hand-written path stays only at >= 1.5x the idiomatic one
 ALPHA = 0.1  # the paper's plausibility cut
@@ -390,17 +389,6 @@ COLUMNS = ["figure", "what", "side", "setting", "rate", "unit", "wall_s", "cpu_s
            "core_digest", "detail"]
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    tmp.replace(path)
-
-
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'fig':<4}{'side':<19}{'setting':<40}{'rate':>10} {'unit':<16}{'wall s':>8}{'cpu s':>8}"
           f"{'ratio':>7}{'min':>7}{'cpu':>7}{'eff':>6}{'load':>6}  rule")
@@ -536,7 +524,7 @@ def main(argv=None) -> int:
                   "unit": "s", "wall_s": round(parts["total"], 4), **info} for name in parts if name != "total"]
     print(f"\nreference per figure = the faster idiomatic side; keep rule: ours >= {KEEP_RATIO}x it in every repeat")
     out = Path(args.out) if args.out else ROOT / "results" / args.profile / "benchmark_idiomatic.csv"
-    write_csv(rows, out)
+    write_csv(rows, out, COLUMNS)
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
