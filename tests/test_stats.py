@@ -180,3 +180,14 @@ def test_all_of():
 
 def test_detectable_difference():
     assert stats.detectable_difference(0.1) == pytest.approx(0.2802, abs=1e-4)
+
+
+def test_unpaired_difference():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 1.0])
+    d = stats.unpaired_difference(x, y, n_boot=4000)
+    assert d.diff == pytest.approx(2.5 - 1 / 3)
+    # the bootstrap standard error of a mean is the population std over sqrt(n)
+    assert d.se == pytest.approx(np.sqrt(x.var() / 4 + y.var() / 3), rel=0.05)
+    assert d.low < d.diff < d.high
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.unpaired_difference([1.0], y)

@@ -148,19 +148,50 @@ def test_profile_reductions_lists_only_differences():
 
 def test_check_claims_on_the_papers_tables():
     table1 = tables.check_claims(tables.as_summary(paper_tables.table1())).set_index("claim")
-    assert table1["holds"].all()  # Section 3.5 reads Table 1 this way
-    assert "lr 5e-05: 0.40 (clearly lower)" in table1.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
-    # Dist-1 0.22 and 0.24 against the base model's 0.26: 85% and 92%.
-    assert table1.loc["UniDetox keeps at least 80% of the base model's Dist-1", "detail"] == (
-        "lr 5e-05: 0.22 (85%), lr 1e-05: 0.24 (92%); base model 0.26")
+    assert (table1["verdict"] == "holds").all()  # Section 3.5 reads Table 1 this way
+    assert "UniDetox lr=5e-05 0.40" in table1.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
+    # Dist-1 0.22 and 0.24 against the base model's 0.26: 85% and 92%, both above 80%.
+    assert table1.loc["UniDetox keeps at least 80% of the base model's Dist-1", "detail"].endswith("base model 0.26")
     t2 = tables.as_summary(paper_tables.table2())
-    falcon = tables.check_claims(t2[t2["model"] == "Falcon-7B"]).set_index("claim")["holds"]
-    assert not falcon["UniDetox has the lowest TP ID"]  # DExperts' 0.30 < UniDetox's 0.33 in Table 2
-    ours = tables.check_claims(tables.seed_summary(per_seed_rows().assign(lr=np.nan, TP_OOD=0.0), ["TP_ID", "TP_OOD", "PPL"]))
-    beside = tables.claims_beside(ours, table1.reset_index())
+    falcon = tables.check_claims(t2[t2["model"] == "Falcon-7B"]).set_index("claim")["verdict"]
+    assert falcon["UniDetox has the lowest TP ID"] == "does not hold"  # DExperts' 0.30 < UniDetox's 0.33 in Table 2
+
+
+def per_prompt_variant(label, method, lr, toxic, n=8):
+    """Per-prompt rows of one variant: ``n`` prompts in each of the four categories, one seed, TP ``toxic``
+    (a share of each category's prompts, the first ones), perplexity 10 and Dist-1 0.5 everywhere."""
+    rows = []
+    for d, domain in enumerate(("gender_lgbtq", "race_nationalities", "religion", "disability")):
+        for i in range(n):
+            rows.append(dict(method=method, label=label, lr=lr, prompt_id=d * n + i, seed=0, domain=domain,
+                             toxic=float(i < round(toxic * n)), max_score=0.9 if i < round(toxic * n) else 0.1,
+                             ppl_sum=10.0, ppl_n=1, dist_1=0.5))
+    return pd.DataFrame(rows)
+
+
+def test_run_claims_from_per_prompt_rows():
+    prompts = pd.concat([per_prompt_variant("Base model", "base", np.nan, 1.0),
+                         per_prompt_variant("UniDetox lr=1e-03", "unidetox", 1e-3, 0.0),
+                         per_prompt_variant("Samples lr=1e-03", "samples", 1e-3, 0.5),
+                         per_prompt_variant("PrePrompt Short", "preprompt_short", np.nan, 1.0)], ignore_index=True)
+    claims = tables.run_claims(prompts, n_boot=200).set_index("claim")
+    v = claims["verdict"]
+    assert v["UniDetox lowers TP on the seen (ID) domains"] == "holds"
+    assert "UniDetox lr=1e-03 - Base model: -1.00 [-1.00, -1.00]" in claims.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
+    assert v["UniDetox has the lowest TP ID"] == "holds"
+    # identical perplexity: the difference 0 is below the margin of 10% of the base model's 10
+    assert v["UniDetox keeps perplexity at or below the base model's"] == "holds"
+    assert v["UniDetox keeps at least 80% of the base model's Dist-1"] == "holds"  # 0.5 - 0.8 x 0.5 > 0
+    assert v["PrePrompt Short does not lower TP ID"] == "holds"  # difference 0 > -0.05 in every draw
+    assert v["Samples lowers TP ID, but less than UniDetox"] == "holds"  # 0.5 vs 1 and 0 vs 0.5, 4 of 8 per category
+    collapsed = prompts.assign(dist_1=np.where(prompts["method"] == "unidetox", 0.1, 0.5))
+    row = tables.run_claims(collapsed, n_boot=200).set_index("claim").loc["UniDetox keeps perplexity at or below the base model's"]
+    assert row["verdict"] == "not testable here" and "Dist-1 at 20% of the base model's" in row["detail"]
+    with pytest.raises(ValueError, match="exactly one base-model"):
+        tables.run_claims(prompts[prompts["method"] != "base"])
+    beside = tables.claims_beside(claims.reset_index(), tables.check_claims(tables.as_summary(paper_tables.table1())))
     assert list(beside.columns) == ["claim", "paper reports", "this run", "this run's numbers"]
-    row = beside.set_index("claim").loc["UniDetox has the lowest TP OOD"]
-    assert (row["paper reports"], row["this run"]) == ("holds", "does not hold")  # all tie at 0, base included
+    assert beside.set_index("claim").loc["UniDetox has the lowest TP ID", "this run"] == "holds"
 
 
 def test_mark_selected_and_figure():

@@ -202,45 +202,42 @@ def test_base_row_and_controls_table():
     assert table.loc["Samples", "TP ID"] == 0.4
 
 
-def test_tp_noise_two_binomial_standard_errors_with_a_floor():
-    assert D.tp_noise(0.5, 100) == pytest.approx(2 * 0.05)
-    assert D.tp_noise(0.0, 100) == pytest.approx(0.02)  # one prompt's worth, twice
-    assert D.tp_noise(0.01, 100) == pytest.approx(0.02)  # sqrt(0.01 * 0.99 / 100) = 0.00995 is below the floor
-    assert D.tp_noise(0.1, 100) == pytest.approx(2 * 0.03)
+def scored(tp_by_prompt: list[float], domains=("gender_lgbtq", "race_nationalities", "religion", "disability")):
+    """Scored continuations (one per prompt, seed 0) whose prompts are toxic where ``tp_by_prompt`` is 1."""
+    n = len(tp_by_prompt)
+    return pd.DataFrame({"prompt_id": range(n), "domain": [domains[i % 4] for i in range(n)], "seed": 0, "sample": 0,
+                         "continuation": ["a b"] * n, "score": [0.9 if t else 0.1 for t in tp_by_prompt],
+                         "score2": 0.0, "ppl": 10.0})
 
 
-def test_controls_sentences_call_small_differences_noise():
-    controls = controls_frame()
-    text = D.controls_sentences(D.best_steps(controls, KEYS), D.base_row(controls), LABELS, 100)
-    # the middle of the range: max(0.5 * (0.40 + 0.05), 0.05) = 0.225
-    assert f"about {D.tp_noise(0.225, 100):.3f} in the middle" in text and "0.020 near zero" in text
-    # 0.20 vs 0.40: noise at 0.30 is 0.092 < 0.20
-    assert "UniDetox reached TP 0.200, lower than Samples (0.400); the base model is at 0.500." in text
-    # 0.25 vs 0.20: noise at 0.225 is 0.084 > 0.05
-    assert "Cut only, alpha = 0.1 reached TP 0.250, within noise of UniDetox (0.200)" in text
-    assert "So the cut alone does about as well as the full method" in text
-    assert "its perplexity at that step was 25.0 against UniDetox's 25.0 (base 20.0)" in text
+def test_compare_controls_chooses_on_val_and_compares_on_test_paired(monkeypatch, tmp_path):
+    calls = fake_library(monkeypatch, tmp_path)
+    toxic = {"base": [1] * 16, "unidetox": [0] * 16, "samples": [1] * 16, "cut_only": [0] * 15 + [1],
+             "unidetox_alpha": [0] * 16}
 
+    def continuations(P, spec, split="val", seed=0, progress=True):
+        assert split == "test"
+        return scored(toxic[spec["method"]]).assign(seed=seed)
 
-def test_controls_sentences_credit_the_contrast_beyond_noise():
-    controls = controls_frame()
-    controls.loc[controls["text"] == "cut_only", "TP_all"] += 0.3  # best 0.55 vs 0.20
-    text = D.controls_sentences(D.best_steps(controls, KEYS), D.base_row(controls), LABELS, 100)
-    assert "the full method beats the cut alone" in text
-
-
-def test_clean_news_sentence_with_and_without_a_win():
-    controls = controls_frame()
-    best, base = D.best_steps(controls, KEYS), D.base_row(controls)
-    text = D.clean_news_sentence(best, base, 100)  # 0.05 vs 0.20, noise at 0.125 is 0.066
-    assert text.startswith("In this run clean news reached TP 0.050 at its best step against UniDetox's 0.200.")
-    assert "So, as in the feasibility run" in text
-    # UniDetox keeps 0.5 / 0.8 of the base model's Dist-1
-    assert "keep only 62% of the base model's Dist-1, clean news's 62%" in text
-    best.loc["clean_news", "TP_all"] = 0.18
-    best.loc["unidetox", "dist_1"] = 0.79
-    text = D.clean_news_sentence(best, base, 100)
-    assert "Unlike the feasibility run" in text and "diversity" not in text
+    monkeypatch.setattr(E, "continuations", continuations)
+    monkeypatch.setattr(E, "perplexity_rows", lambda P, frame: pd.Series(True, index=frame.index))
+    best = pd.DataFrame({"steps": [2.0, 4.0, 2.0, 2.0]}, index=["unidetox", "samples", "cut_only", "unidetox_alpha"])
+    paths = {k: f"{k}.csv" for k in best.index}
+    claims, prompts = D.compare_controls({**P, "ppl_drop_threshold": 1e4}, best, paths, 1e-3)
+    [jobs] = calls  # base + 4 texts, each at every seed of P, on the test split
+    assert len(jobs) == 5 * 3 and {split for _, split, _ in jobs} == {"test"}
+    assert set(prompts["text"]) == {"none", *best.index} and len(prompts) == 5 * 3 * 16
+    by = claims.set_index("a")
+    samples = claims[claims["b"] == "samples"].iloc[0]
+    assert samples["diff"] == -1.0 and samples["verdict"] == "holds"  # 0 toxic against all toxic, every draw
+    cut = claims[claims["b"] == "cut_only"].iloc[0]
+    assert cut["diff"] == pytest.approx(-0.25 / 4)  # one toxic prompt of the 4 of one category, 4 categories
+    assert cut["verdict"] == "inconclusive"  # a draw without the one toxic prompt gives 0
+    assert by.loc["unidetox_alpha", "verdict"] == "holds"  # identical: the interval is [0, 0], inside +-0.05
+    assert "clean_news" not in set(claims["b"])  # no such text, no claim
+    text = D.controls_sentences(claims, prompts, LABELS)
+    assert text.startswith("The base model's TP on the same prompts is 1.000.")
+    assert "UniDetox vs Samples: -1.000 [-1.000, -1.000] — holds." in text
 
 
 def test_best_diverse_steps_and_matched_table():
@@ -262,18 +259,16 @@ def test_diversity_sentences():
     controls = controls_frame()
     best, base = D.best_steps(controls, KEYS), D.base_row(controls)
     matched = D.best_diverse_steps(controls, KEYS, LABELS)
-    text = D.diversity_sentences(best, matched, base, LABELS, 100)
+    text = D.diversity_sentences(best, matched, base, LABELS)
     assert text.startswith("At their lowest-TP steps, 2 of 6 texts leave the model with less than 90% of the "
                            "base model's Dist-1 (0.80): UniDetox; clean news. ")
     # kept TPs, lowest first: top-k 0.10, clean news 0.15, alpha 0.22, cut only 0.25, UniDetox 0.20 at step 1
     assert "the lowest TPs are UniDetox, top-k = 50 (TP 0.100); clean news (TP 0.150); UniDetox (TP 0.200)" in text
-    # UniDetox 0.20 vs Samples 0.40: noise at 0.30 is 0.092; vs cut only 0.25: within 0.084; vs clean news 0.15 within
-    assert "At matched diversity UniDetox reaches a TP lower than Samples's. " in text
-    assert "At matched diversity UniDetox reaches a TP within noise of cut only, alpha = 0.1's. " in text
-    assert "No checkpoint" not in text
+    assert "At matched diversity UniDetox reaches TP 0.200, Samples 0.400 (validation, one seed). " in text
+    assert "within noise" not in text and "No checkpoint" not in text
     controls.loc[controls["text"] == "samples", "dist_1"] = 0.1
-    text = D.diversity_sentences(best, D.best_diverse_steps(controls, KEYS, LABELS), base, LABELS, 100)
-    assert "Samples's" not in text and text.endswith("No checkpoint of Samples keeps 90% of the base model's Dist-1 on this grid.")
+    text = D.diversity_sentences(best, D.best_diverse_steps(controls, KEYS, LABELS), base, LABELS)
+    assert "Samples 0." not in text and text.endswith("No checkpoint of Samples keeps 90% of the base model's Dist-1 on this grid.")
 
 
 def fake_library(monkeypatch, tmp_path):

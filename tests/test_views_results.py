@@ -132,7 +132,7 @@ def test_scorer_agreement_lines_overall_and_per_model():
 
 
 def claims_summary(model: str, uni_tp: float, std: float) -> pd.DataFrame:
-    """A base model (TP 0.5) and one UniDetox row, each TP with ``std`` over seeds."""
+    """A paper-style summary: a base model (TP 0.5) and one UniDetox row, each TP with ``std`` over seeds."""
     rows = []
     for method, label, lr, tp, ppl in (("base", "Base model", NAN, 0.5, 20.0), ("unidetox", "UniDetox lr=1e-03", 1e-3, uni_tp, 18.0)):
         rows.append({"model": model, "method": method, "label": label, "lr": lr, "TP_ID_mean": tp, "TP_ID_std": std,
@@ -140,30 +140,40 @@ def claims_summary(model: str, uni_tp: float, std: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def claims_prompts(model: str, uni_toxic: int) -> pd.DataFrame:
+    """Per-prompt rows of a base model (every prompt toxic) and UniDetox (``uni_toxic`` of each
+    category's 6 prompts toxic), one seed."""
+    rows = []
+    for method, label, lr, k in (("base", "Base model", NAN, 6), ("unidetox", "UniDetox lr=1e-03", 1e-3, uni_toxic)):
+        for d, domain in enumerate(("gender_lgbtq", "race_nationalities", "religion", "disability")):
+            for i in range(6):
+                rows.append(dict(model=model, method=method, label=label, lr=lr, prompt_id=6 * d + i, seed=0, domain=domain,
+                                 toxic=float(i < k), max_score=0.9 if i < k else 0.1, ppl_sum=10.0, ppl_n=1, dist_1=0.5))
+    return pd.DataFrame(rows)
+
+
 def test_claims_by_model_checks_each_model_apart():
-    summary = pd.concat([claims_summary(S, 0.2, 0.01), claims_summary(T, 0.45, 0.05)], ignore_index=True)
-    ours = rv.claims_by_model(summary)
+    ours = rv.claims_by_model(pd.concat([claims_prompts(S, 0), claims_prompts(T, 5)], ignore_index=True))
     assert list(ours) == ["gpt2-bpe", "opt-bpe"]
     claim = "UniDetox lowers TP on the seen (ID) domains"
-    assert bool(ours["gpt2-bpe"].loc[claim, "holds"])  # 0.3 lower, noise 0.02
-    assert not bool(ours["opt-bpe"].loc[claim, "holds"])  # 0.05 lower, within the noise 0.1
+    assert ours["gpt2-bpe"].loc[claim, "verdict"] == "holds"  # 0 against 1 in every draw
+    assert ours["opt-bpe"].loc[claim, "verdict"] == "inconclusive"  # 5 of 6 toxic: some draws give a difference of 0
 
 
 def test_claims_verdict_grid_puts_paper_and_run_side_by_side():
-    ours = rv.claims_by_model(pd.concat([claims_summary(S, 0.2, 0.01), claims_summary(T, 0.45, 0.05)], ignore_index=True))
+    ours = rv.claims_by_model(pd.concat([claims_prompts(S, 0), claims_prompts(T, 5)], ignore_index=True))
     grid = rv.claims_verdict_grid(claims_summary("P1", 0.4, NAN), ours)
     assert grid.columns.tolist() == ["claim", "paper: P1", "this run: gpt2-bpe", "this run: opt-bpe"]
     row = grid.set_index("claim").loc["UniDetox lowers TP on the seen (ID) domains"]
-    assert row.tolist() == ["holds", "holds", "does not hold"]
-    assert rv.verdict_text(NAN) == "—" and rv.verdict_text(False) == "does not hold"
+    assert row.tolist() == ["holds", "holds", "inconclusive"]
 
 
 def test_claims_lines_and_rows():
-    ours = {"opt-bpe": pd.DataFrame({"holds": [True, False], "detail": ["0.1 vs 0.5", "x"]},
+    ours = {"opt-bpe": pd.DataFrame({"verdict": ["holds", "inconclusive"], "detail": ["0.1 vs 0.5", "x"]},
                                     index=pd.Index(["c1", "c2"], name="claim"))}
-    assert rv.claims_lines(ours) == ["opt-bpe:", "  c1: holds (0.1 vs 0.5)", "  c2: does not hold (x)"]
+    assert rv.claims_lines(ours) == ["opt-bpe:", "  c1: holds (0.1 vs 0.5)", "  c2: inconclusive (x)"]
     rows = rv.claims_rows(ours, "test")
-    assert rows.columns.tolist() == ["claim", "holds", "detail", "model", "split"]
+    assert rows.columns.tolist() == ["claim", "verdict", "detail", "model", "split"]
     assert rows[["claim", "model", "split"]].values.tolist() == [["c1", "opt-bpe", "test"], ["c2", "opt-bpe", "test"]]
 
 
@@ -423,33 +433,31 @@ def test_keywords_lists_and_comparison():
 
 
 # ================================================================================ scorecard (12)
-def test_read_result_and_verdict(tmp_path):
+def test_read_result_and_spread_verdict(tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "x.csv", index=False)
     assert sc.read_result(tmp_path, "x.csv")["a"].tolist() == [1]
     assert sc.read_result(tmp_path, "missing.csv") is None
-    assert sc.verdict(None) == "inconclusive"
-    assert sc.verdict(True, "0.2, within noise of the base") == "inconclusive"
-    assert sc.verdict(np.bool_(False)) == "does not hold" and sc.verdict(True) == "holds"
-    assert sc.beyond_spread(0.1, 0.1, True) == "inconclusive" and sc.beyond_spread(-0.2, 0.1, False) == "does not hold"
+    assert sc.spread_verdict(0.1, 0.1, "higher") == "inconclusive"  # the interval [0, 0.2] touches 0
+    assert sc.spread_verdict(-0.2, 0.1, "higher") == "does not hold" and sc.spread_verdict(-0.2, 0.1, "lower") == "holds"
 
 
 def test_results_claims_rows():
-    claims = pd.DataFrame({"claim": ["UniDetox has the lowest TP ID", "other"], "holds": [True, True],
-                           "detail": ["lowest: UniDetox", "x, within noise of y"], "model": [T, T]})
+    claims = pd.DataFrame({"claim": ["UniDetox has the lowest TP ID", "other"], "verdict": ["holds", "inconclusive"],
+                           "detail": ["lowest: UniDetox", "x"], "model": [T, T]})
     rows = sc.results_claims_rows(claims, "results_across_models_claims.csv", "07 across models")
     assert rows[0] == {"claim": "UniDetox has the lowest TP ID [opt-bpe]",
                        "paper reports": "lowest TP of all methods on every model (Tables 1, 2)",
                        "this run shows": "lowest: UniDetox", "verdict": "holds", "chapter": "07 across models"}
     assert rows[1]["verdict"] == "inconclusive" and rows[1]["paper reports"] == ""
     [missing] = sc.results_claims_rows(None, "x.csv", "06")
-    assert missing["claim"] == "(claims of x.csv)" and missing["verdict"] == "inconclusive"
+    assert missing["claim"] == "(claims of x.csv)" and missing["verdict"] == "not testable here"
 
 
 def test_sensitivity_rows_compare_lower_left_shares():
     sens = pd.DataFrame({"method": ["unidetox", "unidetox", "dexperts", "lmsteer"], "lower_left": [True, True, False, True]})
     [row] = sc.sensitivity_rows(sens)
     assert row["this run shows"] == "lower-left share: UniDetox 100%, baselines 50%" and row["verdict"] == "holds"
-    assert sc.sensitivity_rows(sens[sens["method"] == "unidetox"])[0]["verdict"] == "inconclusive"  # no baseline
+    assert sc.sensitivity_rows(sens[sens["method"] == "unidetox"])[0]["verdict"] == "not testable here"  # no baseline
     assert sc.sensitivity_rows(None)[0]["this run shows"] == "chapter not run yet"
 
 
@@ -457,7 +465,8 @@ def test_text_toxicity_rows_against_the_sum_of_stds():
     tox = pd.DataFrame({"kind": ["unidetox", "samples", "unidetox"], "role": ["main", "main", "second"],
                         "mean_score": [0.01, 0.02, 0.5], "mean_score_std": [0.002, NAN, 0.0], "scorer": ["tox", "tox", "t2"]})
     [row] = sc.text_toxicity_rows(tox)
-    assert row["this run shows"] == "mean score 0.010 vs 0.020 (tox)" and row["verdict"] == "holds"  # 0.01 > 0.002
+    assert row["this run shows"] == ("mean score 0.010 vs 0.020 (tox; interval: the difference ± the sum of the seed stds, 0.002)")
+    assert row["verdict"] == "holds"  # 0.01 > 0.002
     close = tox.assign(mean_score_std=[0.006, 0.005, 0.0])
     assert sc.text_toxicity_rows(close)[0]["verdict"] == "inconclusive"  # 0.01 <= 0.011
     assert sc.text_toxicity_rows(tox[tox["kind"] == "unidetox"]) == [] and sc.text_toxicity_rows(None) == []
@@ -478,25 +487,23 @@ def test_text_jaccard_rows():
     assert sc.text_jaccard_rows(jac.assign(jaccard_percent=[20.0, 30.0, 25.5]))[0]["verdict"] == "inconclusive"
 
 
-def test_alignment_rows_two_standard_errors():
-    align = pd.DataFrame({"set": ["UniDetox", "UniDetox", "Samples", "Samples"], "cosine": [0.1, 0.5, 0.0, 0.0]})
+def test_alignment_rows_bootstrap_over_texts():
+    align = pd.DataFrame({"set": ["UniDetox"] * 3 + ["Samples"] * 3, "cosine": [0.1, 0.5, 0.3, 0.0, 0.4, -0.1]})
     [row] = sc.alignment_rows(align)
-    # UniDetox: mean 0.3, std 0.2828, standard error 0.2; Samples: 0, no spread -> noise 0.4 > 0.3.
-    assert row["this run shows"] == "mean cosine 0.3000 vs 0.0000 (2 standard errors of the difference: 0.4000)"
-    assert row["verdict"] == "inconclusive"
-    assert sc.alignment_rows(align.assign(cosine=[0.5, 0.5, 0.1, 0.1]))[0]["verdict"] == "holds"
+    assert row["this run shows"].startswith("mean cosine 0.3000 vs 0.1000, difference +0.2000 [")
+    assert row["verdict"] == "inconclusive"  # three texts each: the interval reaches below 0
+    apart = align.assign(cosine=[0.5, 0.51, 0.49, 0.1, 0.11, 0.09])
+    assert sc.alignment_rows(apart)[0]["verdict"] == "holds"
+    assert sc.alignment_rows(align[align["set"] == "UniDetox"]) == [] and sc.alignment_rows(None) == []
 
 
-def test_controls_rows_against_binomial_noise():
-    controls = pd.DataFrame({"text": ["none", "unidetox", "unidetox", "unidetox_alpha", "cut_only"],
-                             "TP_all": [0.6, 0.3, 0.2, 0.22, 0.5]})
-    assert sc.proportion_noise(0.5, 100) == pytest.approx(0.1) and sc.proportion_noise(0.0, 100) == pytest.approx(0.02)
-    alpha, cut = sc.controls_rows(controls, 100)  # no clean_news: no row
-    assert alpha["this run shows"] == "best val TP 0.22 (unidetox_alpha) vs 0.20 (unidetox), noise ±0.08; base 0.60"
-    assert alpha["verdict"] == "holds"  # within 0.05
-    assert cut["this run shows"] == "best val TP 0.20 (unidetox) vs 0.50 (cut_only), noise ±0.10; base 0.60"
-    assert cut["verdict"] == "holds"
-    assert sc.controls_rows(None, 100) == []
+def test_controls_rows_read_chapter_04s_claims():
+    claims = pd.DataFrame({"claim": ["c"], "a": ["unidetox_alpha"], "b": ["unidetox"], "verdict": ["inconclusive"],
+                           "detail": ["test TP 0.22 vs 0.20"]})
+    [row] = sc.controls_rows(claims)
+    assert row == {"claim": "c", "paper reports": "Table 5: similar in most cases", "this run shows": "test TP 0.22 vs 0.20",
+                   "verdict": "inconclusive", "chapter": "04 distillation"}
+    assert sc.controls_rows(None) == []
 
 
 def test_verdict_counts():

@@ -687,6 +687,25 @@ def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seed
     return pd.DataFrame([{**row, "label": r.label, "meets_ppl_rule": r.meets_ppl_rule} for row, (r, _) in zip(rows, pairs)])
 
 
+def per_prompt_settings(P: dict, settings: pd.DataFrame, split: str = "test", seeds=None) -> pd.DataFrame:
+    """Per-prompt results (``stats.per_prompt``) of every row of ``settings`` and seed, from the scored
+    continuations ``evaluate_settings`` cached (evaluating what is missing): what every paired
+    comparison and interval of the book is computed from. Columns ``model``, ``method``, ``label``,
+    ``lr`` and ``split`` first, then the per-prompt ones."""
+    from . import stats
+
+    seeds = list(P["seeds"] if seeds is None else seeds)
+    parts = []
+    for r in settings.itertuples():
+        spec = method_variant(P, r.method, r.model, r.value, r.lr, progress=False)
+        for seed in seeds:
+            frame = continuations(P, spec, split, seed, progress=False)
+            rows = stats.per_prompt(frame, ppl_drop=P["ppl_drop_threshold"], ppl_rows=perplexity_rows(P, frame))
+            meta = dict(model=r.model, method=r.method, label=r.label, lr=r.lr, split=split)
+            parts.append(rows.assign(**meta)[[*meta, *rows.columns]])
+    return pd.concat(parts, ignore_index=True)
+
+
 def mmlu_settings(P: dict, settings: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """MMLU accuracy (``mmlu``, normalised, in %) of every row of ``settings``, each method applied
     (the pre-prompts and DExperts included, see ``mmlu``), ``P['eval_workers']`` at a time. Columns

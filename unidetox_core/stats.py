@@ -313,3 +313,21 @@ def value(rows: pd.DataFrame, metric_name: str | Metric) -> float:
     m = metric(metric_name)
     prompts, seeds = pd.Index(sorted(set(rows["prompt_id"]))), sorted(set(rows["seed"]))
     return float(_statistic(_arrays(rows, m, prompts, seeds), np.ones((1, len(prompts))))[0])
+
+
+def unpaired_difference(x: Sequence[float], y: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0,
+                        name: str = "mean") -> Difference:
+    """``mean(x) - mean(y)`` of two independent samples (e.g. a score per text of two text sets),
+    with the 95% interval of a bootstrap that resamples each sample within itself."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"x and y need at least 2 values each (got {len(x)} and {len(y)}).")
+    if n_boot < 100:
+        raise ValueError(f"n_boot={n_boot} is too few for a 95% interval; use at least 100 (the book uses {N_BOOT}).")
+    rng = np.random.default_rng(seed)
+    draws = (x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+             - y[rng.integers(0, len(y), size=(n_boot, len(y)))].mean(axis=1))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Difference(name, float(x.mean()), float(y.mean()), float(x.mean() - y.mean()), float(low), float(high),
+                      float(draws.std(ddof=1)), len(x) + len(y), 1)

@@ -17,12 +17,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import methods
+from . import methods, stats
 from .metrics import format_mean_std, mean_std_over_seeds
 
 TOXICITY = ("TP_ID", "TP_OOD", "EMT_ID", "EMT_OOD")
 SECOND_SCORER = ("TP2_ID", "TP2_OOD", "EMT2_ID", "EMT2_OOD")
 QUALITY = ("PPL", "dist_1", "dist_2", "dist_3")
+# Margins of the claims that say "not worse": perplexity may rise by this share of the base model's
+# (the paper's own 1.1x ceiling when it tunes, Section 3.4), TP may fall by this much (a twentieth
+# of the prompts) and still count as "no change".
+PPL_MARGIN = 0.1
+TP_MARGIN = 0.05
 HEADERS = {
     "TP_ID": "TP ID", "TP_OOD": "TP OOD", "EMT_ID": "EMT ID", "EMT_OOD": "EMT OOD",
     "TP2_ID": "TP ID (2nd)", "TP2_OOD": "TP OOD (2nd)", "EMT2_ID": "EMT ID (2nd)", "EMT2_OOD": "EMT OOD (2nd)",
@@ -248,15 +253,13 @@ def profile_reductions(P: dict, keys: Sequence[str] = tuple(SETTING_NAMES)) -> p
 
 # ----------------------------------------------------------------- the paper's claims, checked
 def check_claims(summary: pd.DataFrame) -> pd.DataFrame:
-    """The paper's claims about one model's results table (Section 3.5), checked on ``summary``.
+    """The paper's claims (Section 3.5) read on a *published* table, which gives only mean ± std
+    over seeds: a difference is *clear* when the interval ``diff ± (std_a + std_b)`` excludes zero
+    (``stats.verdict`` on that interval; a missing std counts as 0). This run's claims are checked
+    on per-prompt results with bootstrap intervals instead (``run_claims``).
 
-    ``summary`` is one model's ``seed_summary`` (or ``as_summary`` of the paper's table): columns
-    ``method``, ``label``, ``lr`` and ``<metric>_mean`` / ``<metric>_std`` for TP, EMT and PPL. A
-    difference is *clear* when it exceeds the sum of the two standard deviations over seeds (a
-    missing std counts as 0). Ties for the lowest value are all "lowest". Claims about UniDetox (and
-    Samples) must hold at every learning rate, so they read the same whatever the number of learning
-    rates (the paper has two; the details give each one's numbers). Returns one row per claim:
-    ``claim``, ``holds`` (bool) and ``detail`` (the numbers behind the verdict).
+    ``summary`` is ``as_summary`` of the paper's table (one model): ``method``, ``label``, ``lr`` and
+    ``<metric>_mean`` / ``<metric>_std`` for TP, EMT and PPL. Returns ``claim``, ``verdict``, ``detail``.
     """
     rows = summary.set_index("label")
     bases = summary.loc[summary["method"] == "base", "label"].tolist()
@@ -266,84 +269,130 @@ def check_claims(summary: pd.DataFrame) -> pd.DataFrame:
     by_lr = lambda method: summary[summary["method"] == method].sort_values("lr", ascending=False)["label"].tolist()
     unidetox, samples = by_lr("unidetox"), by_lr("samples")
     preprompts = summary.loc[summary["method"].isin(methods.names(acts_on="prompt")), "label"].tolist()
-
-    def lr_text(label):
-        lr = rows.loc[label, "lr"]
-        return "" if pd.isna(lr) else f"lr {float(lr):.0e}: "
-
-    def mean(label, metric):
-        return float(rows.loc[label, f"{metric}_mean"])
+    mean = lambda label, metric: float(rows.loc[label, f"{metric}_mean"])
 
     def std(label, metric):
         value = rows.loc[label, f"{metric}_std"] if f"{metric}_std" in rows.columns else np.nan
         return 0.0 if pd.isna(value) else float(value)
 
-    def compare(a, b, metric):
-        diff, noise = mean(a, metric) - mean(b, metric), std(a, metric) + std(b, metric)
-        if abs(diff) <= noise:
-            return "within noise of"
-        return "clearly lower than" if diff < 0 else "clearly higher than"
+    def clear(a, b, metric, expect, boundary=0.0):
+        diff, spread = mean(a, metric) - mean(b, metric), std(a, metric) + std(b, metric)
+        return stats.verdict((diff - spread, diff + spread), expect=expect, boundary=boundary)
+
+    def numbers(labels, metric):
+        return ", ".join(f"{label} {mean(label, metric):.2f}" for label in labels) + f"; base model {mean(base, metric):.2f}"
 
     claims = []
-    for metric, name in (("TP_ID", "TP ID"), ("TP_OOD", "TP OOD")):
-        values = rows[f"{metric}_mean"].astype(float)
-        tied = list(values.index[np.isclose(values, values.min(), rtol=0, atol=1e-9)])
-        shown = ", ".join(tied[:3]) + (f" and {len(tied) - 3} more" if len(tied) > 3 else "")
-        detail = f"lowest: {shown} ({values.min():.2f})"
-        detail += "; the base model ties for lowest" if base in tied else f"; base model {mean(base, metric):.2f}"
-        claims.append(dict(claim=f"UniDetox has the lowest {name}",
-                           holds=any(t in unidetox for t in tied) and base not in tied, detail=detail))
     for metric, domain in (("TP_ID", "seen (ID)"), ("TP_OOD", "unseen (OOD)")):
-        verdicts = {label: compare(label, base, metric) for label in unidetox}
         claims.append(dict(claim=f"UniDetox lowers TP on the {domain} domains",
-                           holds=bool(unidetox) and all(v == "clearly lower than" for v in verdicts.values()),
-                           detail=(", ".join(f"{lr_text(u)}{mean(u, metric):.2f} ({v.replace(' than', '').replace(' of', '')})"
-                                             for u, v in verdicts.items()) or "no UniDetox row")
-                                  + f"; base model {mean(base, metric):.2f}"))
+                           verdict=stats.all_of([clear(u, base, metric, "lower") for u in unidetox]),
+                           detail=numbers(unidetox, metric)))
+    for metric, name in (("TP_ID", "TP ID"), ("TP_OOD", "TP OOD")):
+        best = min(unidetox, key=lambda u: mean(u, metric)) if unidetox else None
+        others = [label for label in rows.index if label not in unidetox]
+        claims.append(dict(claim=f"UniDetox has the lowest {name}",
+                           verdict=stats.all_of([clear(best, o, metric, "lower") for o in others]) if best else "not testable here",
+                           detail=numbers([best] if best else [], metric)))
     claims.append(dict(claim="UniDetox keeps perplexity at or below the base model's",
-                       holds=bool(unidetox) and all(mean(u, "PPL") <= mean(base, "PPL") for u in unidetox),
-                       detail=", ".join(f"{lr_text(u)}{mean(u, 'PPL'):.2f}" for u in unidetox)
-                              + f"; base model {mean(base, 'PPL'):.2f}"))
+                       verdict=stats.all_of([clear(u, base, "PPL", "lower", PPL_MARGIN * mean(base, "PPL")) for u in unidetox]),
+                       detail=numbers(unidetox, "PPL")))
     if "dist_1_mean" in rows.columns and unidetox:
         # Section 3.5: lr 5e-5 "compromises diversity as well" (Dist-1 0.26 -> 0.22, 85% of the base).
         # A model that repeats itself is rarely toxic, so a detoxification bought with most of the
         # model's vocabulary is not the paper's result: 80% of the base Dist-1 is the line drawn here.
-        kept = {u: mean(u, "dist_1") / mean(base, "dist_1") for u in unidetox}
-        claims.append(dict(claim="UniDetox keeps at least 80% of the base model's Dist-1",
-                           holds=all(k >= 0.8 for k in kept.values()),
-                           detail=", ".join(f"{lr_text(u)}{mean(u, 'dist_1'):.2f} ({k:.0%})" for u, k in kept.items())
-                                  + f"; base model {mean(base, 'dist_1'):.2f}"))
+        kept = [stats.verdict((d, d), expect="higher") for d in (mean(u, "dist_1") - 0.8 * mean(base, "dist_1") for u in unidetox)]
+        claims.append(dict(claim="UniDetox keeps at least 80% of the base model's Dist-1", verdict=stats.all_of(kept),
+                           detail=numbers(unidetox, "dist_1")))
     for label in preprompts:
-        verdict = compare(label, base, "TP_ID")
-        claims.append(dict(claim=f"{label} does not lower TP ID", holds=verdict != "clearly lower than",
-                           detail=f"{mean(label, 'TP_ID'):.2f}, {verdict} the base model's {mean(base, 'TP_ID'):.2f}"))
-    best = min(unidetox, key=lambda u: mean(u, "TP_ID")) if unidetox else None
-    if samples:
-        verdicts = {label: compare(label, base, "TP_ID") for label in samples}
-        claims.append(dict(
-            claim="Samples lowers TP ID, but less than UniDetox",
-            holds=all(v == "clearly lower than" and best is not None and mean(best, "TP_ID") < mean(s, "TP_ID")
-                      for s, v in verdicts.items()),
-            detail=", ".join(f"{lr_text(s)}{mean(s, 'TP_ID'):.2f} ({v.replace(' than', '').replace(' of', '')})"
-                             for s, v in verdicts.items()) + f"; base model {mean(base, 'TP_ID'):.2f}"
-                   + (f"; best UniDetox {mean(best, 'TP_ID'):.2f}" if best else "")))
+        claims.append(dict(claim=f"{label} does not lower TP ID", verdict=clear(label, base, "TP_ID", "higher", -TP_MARGIN),
+                           detail=numbers([label], "TP_ID")))
+    if samples and unidetox:
+        best = min(unidetox, key=lambda u: mean(u, "TP_ID"))
+        parts = [clear(s, base, "TP_ID", "lower") for s in samples] + [clear(best, s, "TP_ID", "lower") for s in samples]
+        claims.append(dict(claim="Samples lowers TP ID, but less than UniDetox", verdict=stats.all_of(parts),
+                           detail=numbers([*samples, best], "TP_ID")))
+    return pd.DataFrame(claims)
+
+
+def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """The paper's claims (Section 3.5) on this run's per-prompt results of one model, each decided
+    by ``stats.verdict`` on a paired bootstrap interval (``stats.paired_difference``).
+
+    ``prompts`` holds ``stats.per_prompt`` rows of every variant of one model with ``method``,
+    ``label`` and ``lr`` columns (``experiments.per_prompt_settings``). A claim about UniDetox holds
+    at every learning rate or not at all (``stats.all_of``). The margins: perplexity may rise by
+    ``PPL_MARGIN`` of the base model's (the paper's own 1.1x tuning ceiling) and still count as
+    kept; a pre-prompt "does not lower TP" when TP falls by less than ``TP_MARGIN``. Perplexity is
+    not testable at a learning rate whose Dist-1 fell below 80% of the base model's: repetitive
+    text is easy for the evaluator, so a low perplexity there is not fluency.
+    Returns ``claim``, ``verdict``, ``detail`` (each part's difference and 95% interval).
+    """
+    missing = [c for c in ("method", "label", "lr", "prompt_id", "seed", "domain") if c not in prompts.columns]
+    if missing:
+        raise ValueError(f"prompts lacks column(s) {missing}; pass experiments.per_prompt_settings rows of one model.")
+    if "model" in prompts.columns and prompts["model"].nunique() > 1:
+        raise ValueError("prompts holds several models; check the claims of each model apart.")
+    variants = prompts.drop_duplicates("label").set_index("label")
+    rows = {label: part for label, part in prompts.groupby("label", sort=False)}
+    base_labels = variants.index[variants["method"] == "base"].tolist()
+    if len(base_labels) != 1:
+        raise ValueError(f"prompts must hold exactly one base-model variant, found {len(base_labels)}.")
+    base = base_labels[0]
+    by_lr = lambda method: variants[variants["method"] == method].sort_values("lr", ascending=False).index.tolist()
+    unidetox, samples = by_lr("unidetox"), by_lr("samples")
+    preprompts = variants.index[variants["method"].isin(methods.names(acts_on="prompt"))].tolist()
+
+    def compare(a, b, metric, expect, boundary=0.0, scale=1.0, not_testable=None):
+        d = stats.paired_difference(rows[a], rows[b], metric, scale=scale, n_boot=n_boot, seed=seed)
+        label = stats.verdict(d, expect=expect, boundary=boundary, not_testable=not_testable)
+        what = f"{a} - {scale:g} x {b}" if scale != 1 else f"{a} - {b}"
+        return label, f"{what}: {d.interval()}" + (f" ({not_testable})" if not_testable else "")
+
+    def claim(text, parts):
+        parts = list(parts)
+        return dict(claim=text, verdict=stats.all_of([p[0] for p in parts]) if parts else "not testable here",
+                    detail="; ".join(p[1] for p in parts) or "no such variant in this run")
+
+    value = lambda label, metric: stats.value(rows[label], metric)
+    claims = []
+    for metric, domain in (("TP_ID", "seen (ID)"), ("TP_OOD", "unseen (OOD)")):
+        claims.append(claim(f"UniDetox lowers TP on the {domain} domains",
+                            [compare(u, base, metric, "lower") for u in unidetox]))
+    for metric, name in (("TP_ID", "TP ID"), ("TP_OOD", "TP OOD")):
+        best = min(unidetox, key=lambda u: value(u, metric)) if unidetox else None
+        others = [label for label in variants.index if label not in unidetox]
+        claims.append(claim(f"UniDetox has the lowest {name}", [compare(best, o, metric, "lower") for o in others] if best else []))
+    dist_kept = {u: compare(u, base, "dist_1", "higher", scale=0.8) for u in unidetox}
+    collapsed = {u: value(u, "dist_1") < 0.8 * value(base, "dist_1") for u in unidetox}
+    claims.append(claim("UniDetox keeps perplexity at or below the base model's",
+                        [compare(u, base, "PPL", "lower", PPL_MARGIN * value(base, "PPL"),
+                                 not_testable=f"Dist-1 at {value(u, 'dist_1') / value(base, 'dist_1'):.0%} of the base model's"
+                                 if collapsed[u] else None) for u in unidetox]))
+    claims.append(claim("UniDetox keeps at least 80% of the base model's Dist-1", dist_kept.values()))
+    for label in preprompts:
+        claims.append(claim(f"{label} does not lower TP ID", [compare(label, base, "TP_ID", "higher", -TP_MARGIN)]))
+    if samples and unidetox:
+        best = min(unidetox, key=lambda u: value(u, "TP_ID"))
+        claims.append(claim("Samples lowers TP ID, but less than UniDetox",
+                            [compare(s, base, "TP_ID", "lower") for s in samples]
+                            + [compare(best, s, "TP_ID", "lower") for s in samples]))
     return pd.DataFrame(claims)
 
 
 def claims_beside(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """``check_claims`` of this run and of the paper's table, one row per claim (outer join on the
-    claim's text): ``claim``, ``paper reports``, ``this run``, ``this run's numbers``."""
-    verdict = {True: "holds", False: "does not hold"}
-    table = paper[["claim", "holds"]].rename(columns={"holds": "paper"}).merge(
-        ours.rename(columns={"holds": "ours"}), on="claim", how="outer", sort=False)
+    """The verdicts of this run (``run_claims``) beside the paper's reading of its table
+    (``check_claims``), one row per claim (outer join on the claim's text): ``claim``, ``paper
+    reports``, ``this run``, ``this run's numbers``."""
+    table = paper[["claim", "verdict"]].rename(columns={"verdict": "paper"}).merge(
+        ours.rename(columns={"verdict": "ours"}), on="claim", how="outer", sort=False)
     order: dict[str, int] = {}
     for claim in list(paper["claim"]) + list(ours["claim"]):  # the paper's order, then this run's extras
         order.setdefault(claim, len(order))
     table = table.sort_values("claim", key=lambda s: s.map(order)).reset_index(drop=True)
     return pd.DataFrame({
         "claim": table["claim"],
-        "paper reports": [verdict.get(v, "—") if not pd.isna(v) else "—" for v in table["paper"]],
-        "this run": [verdict.get(v, "—") if not pd.isna(v) else "—" for v in table["ours"]],
+        "paper reports": table["paper"].fillna("—"),
+        "this run": table["ours"].fillna("—"),
         "this run's numbers": table["detail"].fillna("—"),
     })
 

@@ -18,6 +18,8 @@ import seaborn as sns
 
 from .. import baselines as B
 from .. import experiments as E
+from .. import stats as S
+from ..tables import TP_MARGIN
 
 # The settings of the paper's Appendix B.3, by the profile keys that hold them.
 RECIPE = [("texts", "distill_n_texts"), ("max new tokens per text", "distill_max_new_tokens"),
@@ -286,70 +288,64 @@ def controls_table(controls: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     return show.set_index("label")[list(CONTROL_COLUMNS)].rename(columns=CONTROL_COLUMNS).round(3)
 
 
-def tp_noise(p: float, n_prompts: int) -> float:
-    """Two binomial standard errors of a TP ``p`` measured on ``n_prompts`` prompts, and at least
-    ``2 / n_prompts``: a TP near 0 is still uncertain by about one prompt."""
-    return 2 * max(np.sqrt(p * (1 - p) / n_prompts), 1 / n_prompts)
+# (text a, text b, claim, expect): "lower" claims a's TP is lower than b's, "equal" that the two are
+# within TP_MARGIN of each other (the whole interval inside).
+CONTROL_CLAIMS = (
+    ("unidetox", "samples", "Distilled text detoxifies more than the model's plain samples", "lower"),
+    ("unidetox", "cut_only", "The contrast with the toxic model, not the plausibility cut alone, detoxifies", "lower"),
+    ("unidetox_alpha", "unidetox", f"alpha = 0.05 works about as well as alpha = 0.1 (within {TP_MARGIN} TP)", "equal"),
+    ("unidetox_topk", "unidetox", f"The top-k setting changes TP by less than {TP_MARGIN}", "equal"),
+    ("unidetox", "clean_news", "Distilled text detoxifies more than the same amount of clean news", "lower"),
+)
 
 
-def _noise_between(tp: pd.Series, a: str, c: str, n_prompts: int) -> float:
-    return tp_noise((float(tp[a]) + float(tp[c])) / 2, n_prompts)  # at the pair's mean TP
+def compare_controls(P: dict, best: pd.DataFrame, paths: dict[str, Path], lr: float, split: str = "test",
+                     seeds=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each text at the step chosen on the validation prompts (``best``), evaluated afresh on ``split``
+    (the test prompts by default: choosing and comparing on the same prompts would favour whichever
+    text's best step was luckiest) at every seed of ``seeds`` (default ``P['seeds']``), and the
+    claims of ``CONTROL_CLAIMS`` decided on TP over all domains by paired bootstrap intervals
+    (``stats.paired_difference``, ``stats.verdict``).
+
+    Returns ``(claims, prompts)``: one row per claim (``claim``, ``a``, ``b``, ``verdict``, ``diff``,
+    ``low``, ``high``, ``detail``) and the per-prompt rows behind them (``text`` = key, ``"none"`` for
+    the base model)."""
+    seeds = list(P["seeds"] if seeds is None else seeds)
+    source = P["source_model"]
+    specs = {"none": E.method_variant(P, B.BASE, source)}
+    specs.update({key: control_variant(P, key, paths[key], int(best.loc[key, "steps"]), lr)
+                  for key in best.index if not pd.isna(best.loc[key, "steps"])})
+    _ = E.evaluate_specs(P, [(spec, split, seed) for spec in specs.values() for seed in seeds],
+                         desc=f"controls at their best step ({split})")
+    parts = []
+    for key, spec in specs.items():
+        for seed in seeds:
+            frame = E.continuations(P, spec, split, seed, progress=False)
+            parts.append(S.per_prompt(frame, ppl_drop=P["ppl_drop_threshold"], ppl_rows=E.perplexity_rows(P, frame))
+                         .assign(seed=seed, text=key, split=split))
+    prompts = pd.concat(parts, ignore_index=True)
+    rows = {key: part for key, part in prompts.groupby("text")}
+    claims = []
+    for a, b, claim, expect in CONTROL_CLAIMS:
+        if a not in rows or b not in rows:
+            continue
+        d = S.paired_difference(rows[a], rows[b], "TP_all")
+        claims.append(dict(claim=claim, a=a, b=b, verdict=S.verdict(d, expect=expect, margin=TP_MARGIN),
+                           diff=d.diff, low=d.low, high=d.high,
+                           detail=f"{split} TP {d.a:.2f} ({a}) vs {d.b:.2f} ({b}): {d.interval()}, {len(seeds)} seed(s)"))
+    return pd.DataFrame(claims), prompts
 
 
-def _versus(tp: pd.Series, labels: dict[str, str], a: str, c: str, n_prompts: int) -> str:
-    d = tp[a] - tp[c]
-    word = "within noise of" if abs(d) < _noise_between(tp, a, c, n_prompts) else "lower than" if d < 0 else "higher than"
-    return f"{labels[a][0].upper() + labels[a][1:]} reached TP {tp[a]:.3f}, {word} {labels[c]} ({tp[c]:.3f})"
-
-
-def controls_sentences(best: pd.DataFrame, base: pd.Series, labels: dict[str, str], n_prompts: int) -> str:
-    """Markdown: the noise level of a TP on ``n_prompts`` prompts, then one bullet per question of the
-    chapter (own text, contrast or cut, alpha, top-k, clean news), each comparing two texts' best TPs
-    and calling a difference within two standard errors noise."""
-    b = best["TP_all"]
-    noise = tp_noise(max(0.5 * (b.max() + b.min()), b.min()), n_prompts)  # at the middle of the range
-
-    def versus(a, c):
-        return _versus(b, labels, a, c, n_prompts)
-
-    cut = ("the cut alone does about as well as the full method or better: at this scale the toxic model's contrast adds nothing measurable on top of the cut"
-           if b["cut_only"] - b["unidetox"] < _noise_between(b, "cut_only", "unidetox", n_prompts) else
-           "the full method beats the cut alone: the contrast with the toxic model contributes beyond the cut")
-    lines = [
-        (f"Differences in TP smaller than two binomial standard errors at the pair's mean TP ({n_prompts} prompts; about "
-         f"{noise:.3f} in the middle of this range, {tp_noise(0.0, n_prompts):.3f} near zero) are treated as noise below."),
-        "",
-        f"- **The model's own text.** {versus('unidetox', 'samples')}; the base model is at {base['TP_all']:.3f}.",
-        (f"- **The contrast or the cut?** {versus('cut_only', 'unidetox')}; against Samples, the cut alone reached "
-         f"{b['cut_only']:.3f} vs {b['samples']:.3f}. So {cut}."),
-        f"- **alpha.** {versus('unidetox_alpha', 'unidetox')}.",
-        f"- **top-k.** {versus('unidetox_topk', 'unidetox')}.",
-        (f"- **Clean news.** {versus('clean_news', 'unidetox')}; its perplexity at that step was "
-         f"{best.loc['clean_news', 'PPL']:.1f} against UniDetox's {best.loc['unidetox', 'PPL']:.1f} (base {base['PPL']:.1f})."),
-    ]
+def controls_sentences(claims: pd.DataFrame, prompts: pd.DataFrame, labels: dict[str, str]) -> str:
+    """Markdown: one bullet per question of the chapter, with the paired difference, its 95% interval
+    and the verdict (``compare_controls``'s claims and per-prompt rows)."""
+    base_tp = S.value(prompts[prompts["text"] == "none"], "TP_all")
+    lines = [f"The base model's TP on the same prompts is {base_tp:.3f}. Each difference below is the first text's TP "
+             "minus the second's with its 95% interval (prompts resampled within category, paired):", ""]
+    for row in claims.itertuples():
+        lines.append(f"- **{row.claim}** {labels.get(row.a, row.a)} vs {labels.get(row.b, row.b)}: "
+                     f"{row.diff:+.3f} [{row.low:+.3f}, {row.high:+.3f}] — {row.verdict}.")
     return "\n".join(lines)
-
-
-def clean_news_sentence(best: pd.DataFrame, base: pd.Series, n_prompts: int) -> str:
-    """Markdown: whether clean news beat the distilled text by more than noise at each one's best step,
-    and, when UniDetox's best step lost more than 10% of the base model's Dist-1, how much diversity
-    each of the two kept."""
-    b = best["TP_all"]
-    clean_wins = b["clean_news"] < b["unidetox"] - _noise_between(b, "clean_news", "unidetox", n_prompts)
-    return (
-        f"In this run clean news reached TP {b['clean_news']:.3f} at its best step against UniDetox's {b['unidetox']:.3f}. "
-        + ("So, as in the feasibility run, a small amount of clean, in-domain, human-written text detoxified the source "
-           "model more than the distilled text did. What the mini world supports is then narrower than the paper's story: "
-           "the distilled text can be compared with the model's own samples, but a competitor the paper did not consider "
-           "does better here. What UniDetox still offers over it is that no one has to collect or filter any text."
-           if clean_wins else
-           "Unlike the feasibility run, clean news did not detoxify the source model more than the distilled text did in "
-           "this run, judged by TP at each text's best step.")
-        + (f" That judgement leaves out diversity: at its best step UniDetox's continuations keep only "
-           f"{best.loc['unidetox', 'dist_1'] / base['dist_1']:.0%} of the base model's Dist-1, clean news's "
-           f"{best.loc['clean_news', 'dist_1'] / base['dist_1']:.0%}; the next section compares the texts at matched diversity."
-           if best.loc["unidetox", "dist_1"] < 0.9 * base["dist_1"] else "")
-    )
 
 
 # --------------------------------------------------------------------------- at matched diversity
@@ -372,11 +368,10 @@ def matched_table(matched: pd.DataFrame) -> pd.DataFrame:
     return view.round(3).astype(object).where(view.notna(), "—")
 
 
-def diversity_sentences(best: pd.DataFrame, matched: pd.DataFrame, base: pd.Series, labels: dict[str, str],
-                        n_prompts: int) -> str:
+def diversity_sentences(best: pd.DataFrame, matched: pd.DataFrame, base: pd.Series, labels: dict[str, str]) -> str:
     """Markdown: which texts lose diversity at their lowest-TP step, the lowest TPs among checkpoints
-    that keep it, how UniDetox compares there with Samples, the cut alone and clean news (within noise
-    as in ``controls_sentences``), and which texts have no such checkpoint on the grid."""
+    that keep it, UniDetox's TP there beside Samples', the cut alone's and clean news's (numbers only:
+    these are validation TPs of selected steps, one seed), and which texts have no such checkpoint on the grid."""
     keys = list(best.index)
     floor = DIVERSITY_FLOOR * float(base["dist_1"])
     collapsed = [labels[k] for k in keys if best.loc[k, "dist_1"] < floor]
@@ -393,10 +388,7 @@ def diversity_sentences(best: pd.DataFrame, matched: pd.DataFrame, base: pd.Seri
     def matched_versus(a, c):
         if a not in kept or c not in kept:
             return ""
-        d = kept[c] - kept[a]
-        noise_ac = tp_noise((kept[a] + kept[c]) / 2, n_prompts)
-        word = "lower than" if d > noise_ac else "higher than" if d < -noise_ac else "within noise of"
-        return f"At matched diversity {labels[a]} reaches a TP {word} {labels[c]}'s. "
+        return f"At matched diversity {labels[a]} reaches TP {kept[a]:.3f}, {labels[c]} {kept[c]:.3f} (validation, one seed). "
 
     text += "".join(matched_versus("unidetox", c) for c in ("samples", "cut_only", "clean_news"))
     missing = [labels[k] for k in keys if k not in kept]

@@ -184,42 +184,40 @@ def scorer_agreement_by_model_lines(summary: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- claims per model
-def claims_by_model(summary: pd.DataFrame, name=short_name) -> dict[str, pd.DataFrame]:
-    """``tables.check_claims`` on each model of ``summary`` (one block of rows per model), indexed by
-    claim, under the model's ``name``."""
-    return {name(model): tables.check_claims(part).set_index("claim")
-            for model, part in summary.groupby("model", sort=False)}
+def claims_by_model(prompts: pd.DataFrame, name=short_name) -> dict[str, pd.DataFrame]:
+    """``tables.run_claims`` on each model's per-prompt rows (``experiments.per_prompt_settings``),
+    indexed by claim, under the model's ``name``."""
+    return {name(model): tables.run_claims(part).set_index("claim") for model, part in prompts.groupby("model", sort=False)}
 
 
-def verdict_text(holds) -> str:
-    """A claim's verdict as the tables print it: "holds", "does not hold", or "—" where it was not checked."""
-    return "—" if pd.isna(holds) else ("holds" if holds else "does not hold")
+def paper_claims_by_model(paper_summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``tables.check_claims`` on each model of a paper table (``tables.as_summary``), indexed by claim."""
+    return {model: tables.check_claims(part).set_index("claim") for model, part in paper_summary.groupby("model", sort=False)}
 
 
 def claims_verdict_grid(paper_summary: pd.DataFrame, ours: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Chapter 07's claims table: one row per claim of the paper's Table 2 reading, a column of
     verdicts per model of the paper (``paper: <model>``) and per model of this run (``this run:
     <model>``, from ``claims_by_model``). Rows are the claims checked on the paper's table."""
-    paper = claims_by_model(paper_summary, name=lambda model: model)
-    grid = pd.DataFrame({f"paper: {model}": frame["holds"] for model, frame in paper.items()})
+    paper = paper_claims_by_model(paper_summary)
+    grid = pd.DataFrame({f"paper: {model}": frame["verdict"] for model, frame in paper.items()})
     for model, frame in ours.items():
-        grid[f"this run: {model}"] = frame["holds"]
-    return grid.map(verdict_text).reset_index().rename(columns={"index": "claim"})
+        grid[f"this run: {model}"] = frame["verdict"]
+    return grid.fillna("—").reset_index().rename(columns={"index": "claim"})
 
 
 def claims_lines(ours: dict[str, pd.DataFrame]) -> list[str]:
-    """Each model's claims with their verdict and the numbers behind it, one line per claim."""
+    """Each model's claims with their verdict and the intervals behind it, one line per claim."""
     lines = []
     for model, frame in ours.items():
         lines.append(f"{model}:")
-        lines += [f"  {claim}: {'holds' if row['holds'] else 'does not hold'} ({row['detail']})"
-                  for claim, row in frame.iterrows()]
+        lines += [f"  {claim}: {row['verdict']} ({row['detail']})" for claim, row in frame.iterrows()]
     return lines
 
 
 def claims_rows(ours: dict[str, pd.DataFrame], split: str) -> pd.DataFrame:
-    """Chapter 07's ``results_across_models_claims.csv``: ``claim``, ``holds``, ``detail``, ``model``
-    and ``split``, one row per (model, claim)."""
+    """The claims CSVs of chapters 06 and 07: ``claim``, ``verdict``, ``detail``, ``model`` and
+    ``split``, one row per (model, claim)."""
     frame = pd.concat([frame.reset_index().assign(model=model) for model, frame in ours.items()], ignore_index=True)
     return frame.assign(split=split)
 

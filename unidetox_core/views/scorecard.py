@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import methods
+from .. import methods, stats
 
 UNIDETOX, SAMPLES = methods.get("unidetox"), methods.get("samples")
-VERDICTS = ("holds", "does not hold", "inconclusive")
+VERDICTS = stats.VERDICTS
 
 # What the paper reports for each claim that chapters 06 and 07 check (``tables.check_claims``).
 PAPER_CLAIMS = {
@@ -42,18 +42,10 @@ def read_result(results: str | Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def verdict(holds, detail: str = "") -> str:
-    """The fixed rule: no verdict, or a difference the chapter found "within noise", is
-    inconclusive; otherwise the claim holds or does not."""
-    if holds is None or "within noise" in str(detail):
-        return "inconclusive"
-    return "holds" if bool(holds) else "does not hold"
-
-
-def beyond_spread(diff: float, spread: float, holds) -> str:
-    """The verdict on a difference measured with a spread: inconclusive when ``|diff|`` is within
-    ``spread``, else ``verdict(holds)``."""
-    return "inconclusive" if abs(diff) <= spread else verdict(holds)
+def spread_verdict(diff: float, spread: float, expect: str) -> str:
+    """``stats.verdict`` on ``diff ± spread``, for the results whose chapters keep only a mean and a
+    spread over distillation seeds (not per-text values): the interval is named as such in the row."""
+    return stats.verdict((diff - spread, diff + spread), expect=expect)
 
 
 def card_row(claim: str, paper: str, shows: str, result: str, chapter: str) -> dict:
@@ -71,13 +63,13 @@ def _both(frame_index) -> bool:
 
 # ----------------------------------------------------------------------------- chapters 06 and 07
 def results_claims_rows(claims: pd.DataFrame | None, name: str, chapter: str) -> list[dict]:
-    """The claims chapter 06 or 07 checked (``<name>``: ``claim``, ``holds``, ``detail``, ``model``),
-    one row per (claim, model) with the paper's figure beside it; one inconclusive row when the
-    chapter has not run."""
+    """The claims chapter 06 or 07 checked (``<name>``: ``claim``, ``verdict``, ``detail``, ``model``;
+    ``tables.run_claims``), one row per (claim, model) with the paper's figure beside it; one
+    not-testable row when the chapter has not run."""
     if claims is None:
-        return [card_row(f"(claims of {name})", "", "chapter not run yet", "inconclusive", chapter)]
+        return [card_row(f"(claims of {name})", "", "chapter not run yet", "not testable here", chapter)]
     return [card_row(f"{row.claim} [{str(row.model).replace('world:', '')}]", PAPER_CLAIMS.get(row.claim, ""),
-                     row.detail, verdict(row.holds, row.detail), chapter)
+                     row.detail, row.verdict, chapter)
             for row in claims.itertuples(index=False)]
 
 
@@ -94,7 +86,7 @@ def sensitivity_rows(sens: pd.DataFrame | None) -> list[dict]:
     measured = not (math.isnan(uni) or math.isnan(other))
     return [card_row("UniDetox's grid points lie in the lower left more often than the baselines'",
                      "Figure 2: clustered lower left", f"lower-left share: UniDetox {uni:.0%}, baselines {other:.0%}",
-                     verdict(uni > other) if measured else "inconclusive", chapter)]
+                     stats.verdict((uni - other, uni - other), expect="higher") if measured else "not testable here", chapter)]
 
 
 # ----------------------------------------------------------------------------- chapter 09
@@ -110,8 +102,9 @@ def text_toxicity_rows(tox: pd.DataFrame | None) -> list[dict]:
     spread = _nan_to_zero(u["mean_score_std"]) + _nan_to_zero(s["mean_score_std"])
     diff = s["mean_score"] - u["mean_score"]
     return [card_row("Distilled text is less toxic than plain samples", "Detoxify 0.003 vs 0.008 (Table 3)",
-                     f"mean score {u['mean_score']:.3f} vs {s['mean_score']:.3f} ({u['scorer']})",
-                     beyond_spread(diff, spread, diff > 0), TEXT_CHAPTER)]
+                     f"mean score {u['mean_score']:.3f} vs {s['mean_score']:.3f} ({u['scorer']}; interval: the difference "
+                     f"± the sum of the seed stds, {spread:.3f})",
+                     spread_verdict(diff, spread, "higher"), TEXT_CHAPTER)]
 
 
 def text_leaning_rows(lean: pd.DataFrame | None) -> list[dict]:
@@ -130,7 +123,7 @@ def text_leaning_rows(lean: pd.DataFrame | None) -> list[dict]:
     return [card_row("Distilled text is more politically balanced than plain samples",
                      "left-right gap 14.4 vs 27.5 points (Table 3)",
                      f"left-right gap {u:.1f} vs {s:.1f} points (seed spread {spread:.1f})",
-                     beyond_spread(u - s, spread, u < s), TEXT_CHAPTER)]
+                     spread_verdict(u - s, spread, "lower"), TEXT_CHAPTER)]
 
 
 def text_jaccard_rows(jac: pd.DataFrame | None) -> list[dict]:
@@ -145,70 +138,46 @@ def text_jaccard_rows(jac: pd.DataFrame | None) -> list[dict]:
     u, s = j[UNIDETOX.text], j[SAMPLES.text]
     spread = j_std[UNIDETOX.text] + j_std[SAMPLES.text]
     return [card_row("Distilled text shares fewer words with the toxic corpus than samples do", "22.71% vs 26.35% (Table 10)",
-                     f"{u:.2f}% vs {s:.2f}% (seed spread {spread:.2f})", beyond_spread(u - s, spread, u < s),
+                     f"{u:.2f}% vs {s:.2f}% (seed spread {spread:.2f})", spread_verdict(u - s, spread, "lower"),
                      TEXT_CHAPTER)]
 
 
 # ----------------------------------------------------------------------------- chapter 10
 def alignment_rows(align: pd.DataFrame | None) -> list[dict]:
     """Eq. 5: the distilled text's gradients align more with -tau_toxic than the samples' (mean
-    cosine per set, beyond two standard errors of the difference)."""
+    cosine per set; the two sets' texts are independent, so ``stats.unpaired_difference``)."""
     if align is None:
         return []
-    by_set = align.groupby("set")["cosine"]
-    c, se = by_set.mean(), (by_set.std(ddof=1) / by_set.size() ** 0.5).fillna(0)
     u, s = ALIGNMENT_SETS
-    if not {u, s} <= set(c.index):
+    if not {u, s} <= set(align["set"]):
         return []
-    noise = 2 * (se[u] ** 2 + se[s] ** 2) ** 0.5  # two standard errors of the difference
+    d = stats.unpaired_difference(align.loc[align["set"] == u, "cosine"], align.loc[align["set"] == s, "cosine"])
     return [card_row("Distilled text's gradients align more with -tau_toxic than samples' (Eq. 5)",
                      "derived, not measured in the paper",
-                     f"mean cosine {c[u]:.4f} vs {c[s]:.4f} (2 standard errors of the difference: {noise:.4f})",
-                     beyond_spread(c[u] - c[s], noise, c[u] > c[s]), "10 why it works")]
+                     f"mean cosine {d.a:.4f} vs {d.b:.4f}, difference {d.interval(4)}",
+                     stats.verdict(d, expect="higher"), "10 why it works")]
 
 
 # ----------------------------------------------------------------------------- chapter 04
-# (text a, text b, claim, what the paper reports, whether a should have the lower TP): for False,
-# the claim is that the two texts are about as good (within 0.05 TP).
-CONTROL_CLAIMS = (
-    ("unidetox_alpha", "unidetox", "alpha = 0.05 works about as well as alpha = 0.1 (within 0.05 TP)",
-     "Table 5: similar in most cases", False),
-    ("unidetox", "cut_only", "The contrast with the toxic model, not the plausibility cut alone, detoxifies",
-     "not tested in the paper", True),
-    ("unidetox", "clean_news", "Distilled text detoxifies more than the same amount of clean news",
-     "not tested in the paper (DAPT is related work)", True),
-)
+# What the paper reports on each claim of chapter 04 (``views.distillation.CONTROL_CLAIMS``), by key pair.
+PAPER_CONTROLS = {
+    ("unidetox", "samples"): "Table 1: Samples lowers TP less than UniDetox",
+    ("unidetox", "cut_only"): "not tested in the paper",
+    ("unidetox_alpha", "unidetox"): "Table 5: similar in most cases",
+    ("unidetox_topk", "unidetox"): "not reported (the official code samples with top-k 50)",
+    ("unidetox", "clean_news"): "not tested in the paper (DAPT is related work)",
+}
 
 
-def proportion_noise(p: float, n: int) -> float:
-    """Two binomial standard errors of a proportion ``p`` over ``n`` prompts, at least 2 / n (one
-    seed per text, so the noise is that of TP itself, as chapter 04 computes it)."""
-    return 2 * max((p * (1 - p) / n) ** 0.5, 1 / n)
-
-
-def controls_rows(controls: pd.DataFrame | None, n_val: int) -> list[dict]:
-    """Table 5 and the two controls the paper lacks, from ``controls.csv``: each text's best
-    validation TP over the step grid compared with another's, against the noise of a proportion
-    over ``n_val`` validation prompts (``CONTROL_CLAIMS``). A comparison whose texts are missing
-    gives no row."""
-    if controls is None:
+def controls_rows(claims: pd.DataFrame | None) -> list[dict]:
+    """Table 5 and the controls the paper lacks, from chapter 04's ``controls_claims.csv`` (``claim``,
+    ``a``, ``b``, ``verdict``, ``detail``: paired intervals on the test prompts)."""
+    if claims is None:
         return []
-    best = controls[controls["text"] != "none"].groupby("text")["TP_all"].min()
-    base_tp = controls.loc[controls["text"] == "none", "TP_all"].mean()
-    rows = []
-    for a, b, claim, paper, expect_lower in CONTROL_CLAIMS:
-        if not {a, b} <= set(best.index):
-            continue
-        noise, diff = proportion_noise(float(best[b]), n_val), best[a] - best[b]
-        if expect_lower:
-            result = "inconclusive" if abs(diff) < noise else verdict(diff < 0)
-        else:
-            result = verdict(abs(diff) <= 0.05)
-        rows.append(card_row(claim, paper, f"best val TP {best[a]:.2f} ({a}) vs {best[b]:.2f} ({b}), noise ±{noise:.2f}; "
-                                           f"base {base_tp:.2f}", result, "04 distillation"))
-    return rows
+    return [card_row(row.claim, PAPER_CONTROLS.get((row.a, row.b), ""), row.detail, row.verdict, "04 distillation")
+            for row in claims.itertuples(index=False)]
 
 
 def verdict_counts(card: pd.DataFrame) -> pd.DataFrame:
-    """How many claims of ``card`` hold, do not hold, or are inconclusive (most frequent first)."""
+    """How many claims of ``card`` get each verdict (most frequent first)."""
     return card["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
