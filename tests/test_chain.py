@@ -18,7 +18,10 @@ EXPECTED_TABLES = [
     "data_counts.csv", "toxic_model.csv", "distilled_texts.csv", "controls.csv", "grid_val.csv", "selected.csv",
     "results_source.csv", "results_across_models.csv", "sensitivity.csv", "detox_text_toxicity.csv",
     "detox_text_leaning.csv", "jaccard.csv", "tfidf_top100.csv", "alignment.csv", "scorecard.csv",
+    "controls_claims.csv", "per_prompt_source.csv", "per_prompt_across_models.csv",
+    "results_source_claims.csv", "results_across_models_claims.csv",
 ]
+VERDICTS = {"holds", "does not hold", "inconclusive", "not testable here"}
 
 
 @pytest.mark.slow
@@ -39,3 +42,7 @@ def test_every_chapter_runs_on_the_tiny_profile(tmp_path):
         assert not errors, f"{chapter}: {errors[0]['ename']}: {errors[0]['evalue']}"
     missing = [name for name in EXPECTED_TABLES if not (results / name).exists()]
     assert not missing, f"chapters did not write {missing}"
+    import pandas as pd
+
+    card = pd.read_csv(results / "scorecard.csv")
+    assert set(card["verdict"]) <= VERDICTS  # one rule, four labels, in every chapter's rows

@@ -53,6 +53,26 @@ def test_start_token_is_prepended_once_and_truncation_keeps_it(bpe_tokenizer, un
         assert finetune.tokenize_texts(tok, ["the"], 10, prepend_bos=False)[0][0] != start
 
 
+def test_eos_ends_every_text_that_truncation_did_not_cut(bpe_tokenizer, unigram_tokenizer):
+    for tok in (bpe_tokenizer, unigram_tokenizer):
+        eos = tok.eos_token_id
+        short, cut = finetune.tokenize_texts(tok, ["the police said", "a " * 100], max_length=40, append_eos=True)
+        plain = finetune.tokenize_texts(tok, ["the police said"], max_length=40)[0]
+        assert short == plain + [eos] and len(short) < 40  # one EOS after the text
+        assert len(cut) == 40 and cut[-1] != eos  # a cut text did not end
+        assert finetune.tokenize_texts(tok, [""], 10, append_eos=True)[0][-1] == eos  # an empty text is just its end
+
+
+def test_the_recipe_decays_the_rate_clips_and_trains_the_eos(tiny_gpt2, texts):
+    model, tok = tiny_gpt2
+    history = finetune.finetune(model, tok, texts, lr=1e-3, batch_size=8, steps=4, max_length=64, progress=False,
+                                **finetune.RECIPE)
+    assert history["lr"] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # Trainer's linear decay towards 0
+    assert history["settings"]["max_grad_norm"] == 1.0 and history["settings"]["append_eos"] is True
+    plain, with_eos = finetune.tokenize_texts(tok, texts, 64), finetune.tokenize_texts(tok, texts, 64, append_eos=True)
+    assert all(e == (p + [tok.eos_token_id] if len(p) < 64 else p) for p, e in zip(plain, with_eos))
+
+
 # ------------------------------------------------------------------------------------- padding
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_padding_changes_neither_loss_nor_gradients(family, tiny_gpt2, tiny_llama, texts):

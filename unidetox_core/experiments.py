@@ -75,7 +75,8 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
 
     base = resolve_model(P, name)
     config = dict(base=base, corpus=P["toxic_corpus"], epochs=P["toxic_epochs"], batch_size=P["toxic_batch_size"],
-                  lr=P["toxic_lr"], max_length=P["toxic_max_length"], max_texts=P["toxic_max_texts"], seed=TOXIC_SEED)
+                  lr=P["toxic_lr"], max_length=P["toxic_max_length"], max_texts=P["toxic_max_texts"], seed=TOXIC_SEED,
+                  **finetune.RECIPE)
     folder = _stage_dir(P, "toxic", name, config)
     final = folder / "final"
     if (final / "config.json").exists():
@@ -91,7 +92,7 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
         history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
                                     epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
                                     save_steps=range(every, total, every), output_dir=folder / "checkpoints",
-                                    progress=progress)
+                                    progress=progress, **finetune.RECIPE)
         models.save_model(model, tokenizer, final)
         record.update(model=name, steps=total, **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return final
@@ -211,7 +212,7 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     base = resolve_model(P, name)
     steps = sorted(P["detox_steps"])
     config = dict(base=base, texts=str(text_csv), lr=lr, batch_size=P["detox_batch_size"],
-                  max_length=P["detox_max_length"], steps=steps, seed=0)
+                  max_length=P["detox_max_length"], steps=steps, seed=0, **finetune.RECIPE)
     folder = _stage_dir(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config)
     paths = {s: folder / f"step-{s}" for s in steps}
     if all((p / "config.json").exists() for p in paths.values()):
@@ -221,7 +222,7 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
                                              device_map=P["device_map"] or None)
         history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                                     steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
-                                    output_dir=folder, progress=progress)
+                                    output_dir=folder, progress=progress, **finetune.RECIPE)
         record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1],
                       **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return paths

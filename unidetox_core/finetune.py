@@ -20,10 +20,14 @@ Differences from the official code (``EminLU/UniDetox``, Hugging Face ``Trainer`
   so the first token of each text is also trained: ``log p(x)`` in Eq. 4 is the probability of the
   whole text, the same quantity the distillation sampled from BOS/EOS (Eq. 1-2). The official
   GPT-2 and Falcon runs did not train the first token. ``prepend_bos=False`` switches this off.
-- **Constant learning rate, no gradient clipping** by default, which the paper's text implies and
-  which makes a checkpoint at step 3,000 of a 10,000-step run *the same model* as a 3,000-step run.
-  ``Trainer``'s defaults, which the official runs used, were a linear decay to zero over the run and
-  clipping at norm 1.0: pass ``lr_schedule="linear", max_grad_norm=1.0`` to imitate them.
+- **The official runs' recipe is ``RECIPE``**, which every fine-tune of the pipeline passes
+  (``experiments.toxic_model``, ``experiments.detox_checkpoints``): ``Trainer``'s defaults -- a
+  linear decay of the learning rate to zero over the run and gradient clipping at norm 1.0 -- and
+  an EOS token at the end of every training text, so a fine-tuned model learns where a text stops
+  (the official runs padded with EOS and trained on it; here the one real EOS is trained and the
+  padding is not). A checkpoint at step 3,000 of a 10,000-step run is then what ``Trainer`` saved
+  at step 3,000, not a 3,000-step run. The function's own defaults (constant rate, no clipping, no
+  EOS) are the plain optimiser of Eq. 4, kept for the world's pre-training and the toy chapters.
 
 ``batch_size`` is the number of texts per optimizer step (the paper's number); ``grad_accum`` splits
 it into that many micro-batches when it does not fit in memory, with the loss normalised by the
@@ -47,6 +51,8 @@ from .cache import atomic_path, config_key
 from .forward import at_least_float32, autocast, model_device, pad_id_of, right_pad, training_bf16
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+# The recipe of the official runs (Hugging Face ``Trainer`` defaults, and texts that end with EOS).
+RECIPE = {"lr_schedule": "linear", "max_grad_norm": 1.0, "append_eos": True}
 TRAINING_STATE = "training_state.pt"  # optimizer + RNG + history, beside the save_pretrained files
 
 
@@ -65,11 +71,14 @@ def load_texts_csv(path, column: str = "Text") -> list[str]:
     return [str(t) for t in frame[column].tolist()]
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, prepend_bos: bool = True) -> list[list[int]]:
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, prepend_bos: bool = True,
+                   append_eos: bool = False) -> list[list[int]]:
     """Token ids per text, truncated to ``max_length`` (start token included), without padding.
 
     With ``prepend_bos`` every sequence starts with the start token (BOS, or EOS where there is no
     BOS, as in GPT-2), added here only when the tokenizer did not add it already (LLaMA's does).
+    With ``append_eos`` every text ends with the EOS token, unless truncation cut the text (then
+    it did not end there).
     """
     from .models import start_token_id
 
@@ -79,10 +88,15 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, prepend_bos
     # setting of its last call, which would make two copies of one tokenizer compare unequal.
     encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     start = start_token_id(tokenizer) if prepend_bos else None
+    eos = tokenizer.eos_token_id if append_eos else None
+    if append_eos and eos is None:
+        raise ValueError("append_eos=True, but the tokenizer has no eos_token; set one or pass append_eos=False.")
     sequences = []
     for ids in encoded:
         if start is not None and (not ids or ids[0] != start):
             ids = [start] + ids
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
         sequences.append(ids[:max_length])  # truncation keeps the start; long documents are cut
     return sequences
 
@@ -199,6 +213,7 @@ def finetune(
     lr_schedule: str = "constant",
     max_grad_norm: float | None = None,
     prepend_bos: bool = True,
+    append_eos: bool = False,
     keep_optimizer: str = "last",
     on_step: Callable[[int, float], None] | None = None,
     gradient_checkpointing="auto",
@@ -218,7 +233,8 @@ def finetune(
 
     ``batch_size`` counts texts per optimizer step; ``grad_accum`` only splits it (same update).
     ``bf16="auto"`` autocasts to bf16 on CUDA and on CPUs where it measurably helps (``forward.training_bf16``).
-    ``lr_schedule``, ``max_grad_norm`` and ``prepend_bos`` are explained in the module docstring.
+    ``lr_schedule``, ``max_grad_norm``, ``prepend_bos`` and ``append_eos`` are explained in the module
+    docstring (``RECIPE`` holds the official runs' values).
     ``keep_optimizer="last"`` keeps the (large: 2x the weights) optimizer state only in the newest
     checkpoint; ``"all"`` keeps it in each. ``on_step(step, loss)`` is called after every step.
     ``gradient_checkpointing="auto"`` recomputes activations in the backward pass for models of
@@ -236,12 +252,13 @@ def finetune(
                                        keep_optimizer)
     device = model_device(model)
     bf16_on = training_bf16(bf16, model)
-    sequences = tokenize_texts(tokenizer, texts, max_length, prepend_bos)
+    sequences = tokenize_texts(tokenizer, texts, max_length, prepend_bos, append_eos)
     pad_id = pad_id_of(tokenizer)
     settings = {
         "lr": lr, "batch_size": batch_size, "total_steps": total_steps if lr_schedule == "linear" else None,
         "max_length": max_length, "seed": seed, "weight_decay": weight_decay, "betas": [0.9, 0.999],
         "lr_schedule": lr_schedule, "max_grad_norm": max_grad_norm, "prepend_bos": prepend_bos,
+        **({"append_eos": True} if append_eos else {}),  # only when on, so earlier checkpoints still resume
         "texts": config_key({"texts": texts}, 16), "start_weights": weights_fingerprint(model),
     }
     history = {"step": [], "loss": [], "lr": [], "tokens": 0, "wall_time_s": 0.0, "checkpoints": [],
