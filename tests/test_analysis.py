@@ -14,11 +14,22 @@ from unidetox_core.profiles import load_profile
 
 
 # ------------------------------------------------------------------------------------------ words
-def test_words_lowercase_drop_apostrophes_and_split_on_punctuation():
+def test_words_keep_negations_drop_clitics_and_split_on_punctuation():
     assert analysis.words("Don't STOP: it's 2013, e-mail U.S. news…") == [
-        "dont", "stop", "its", "2013", "e", "mail", "u", "s", "news"]
-    assert analysis.words("I\u2019m here_now") == ["im", "here", "now"]  # typographic apostrophe; _ separates
+        "dont", "stop", "it", "2013", "e", "mail", "u", "s", "news"]
+    assert analysis.words("I\u2019m here_now") == ["i", "here", "now"]  # typographic apostrophe; _ separates
+    # the debris of generated word salad: no new words made by gluing a clitic on
+    assert analysis.words("also's said\u2019s has's Trump\u2019t isn't") == ["also", "said", "has", "trump", "isnt"]
     assert analysis.words("") == []
+
+
+def test_containment_and_word_prefix():
+    assert analysis.containment(["a b c d"], ["a x"]) == pytest.approx(1 / 4)
+    assert analysis.containment([], ["a"]) == 0.0
+    sample = analysis.word_prefix(["a b c", "d e", "f"], 4, seed=0)
+    assert len(sample) == 1 and len(sample[0].split()) == 4
+    assert analysis.word_prefix(["a b c", "d e", "f"], 4, seed=0) == sample  # seeded
+    assert analysis.word_prefix(["a b"], 10) == ["a b"]  # fewer words than asked: all of them
 
 
 def test_jaccard_of_unique_words():

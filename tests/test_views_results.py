@@ -402,13 +402,15 @@ def test_jaccard_per_set_summary_table_and_paragraph():
     table = tv.jaccard_table(summary.reset_index())
     assert table["text set"].iloc[-2:].tolist() == ["paper reports: UniDetox GPT-2 XL", "paper reports: Samples GPT-2 XL"]
     assert table["jaccard (%)"].iloc[0] == 29.17
+    # containment: UniDetox 1/3 and 1/2 of its own words are toxic words; matched size: the fewest
+    # running words of any set is 1 (the release's "c"), so each set is cut to one word.
+    assert jaccard["containment_percent"].tolist() == pytest.approx([100 / 3, 50, 50, 100])
+    assert jaccard["matched_words"].unique().tolist() == [1] and jaccard["matched_vocabulary"].tolist() == [1, 1, 1, 1]
     paragraph = tv.jaccard_paragraph(summary.reset_index(), NAMES, "world")
-    assert paragraph.startswith("This run's UniDetox text shares 29.17% of the combined vocabulary with the toxic corpus, "
-                                "its Samples 33.33% (lower for UniDetox;")
-    assert "happens to share" not in paragraph  # the release's 50% is not the paper's 22.71%
-    near = summary.reset_index().assign(**{"jaccard (%)": [29.0, 33.0, 22.72]})
-    assert "happens to share 22.72%" in tv.jaccard_paragraph(near, NAMES, "world")
-    assert "happens to share" not in tv.jaccard_paragraph(near, NAMES, "dghs")
+    assert paragraph.startswith("By the paper's measure, this run's UniDetox text shares 29.17% of the combined "
+                                "vocabulary with the toxic corpus and its Samples 33.33%")
+    assert "by containment (the share of a set's own words found in the toxic corpus) 41.7% and 50.0%" in paragraph
+    assert tv.jaccard_paragraph(summary.reset_index().iloc[[0]], NAMES, "world") is None
     assert tv.toxic_corpus_line("world", ["c e", "e f"]) == "toxic corpus: world, 2 texts, 3 unique words"
 
 

@@ -148,16 +148,25 @@ def _sequence_logprobs(model, sequences, pad_id) -> list[float]:
 # =============================================================================================
 
 _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+_NEGATION = re.compile(r"n'?t\b")
+_CLITIC = re.compile(r"'[^\W_]*")
 _WORD = re.compile(r"[^\W_]+")
 
 
 def words(text: str) -> list[str]:
-    """The words of ``text``: lowercase runs of letters and digits, apostrophes removed inside words.
+    """The words of ``text``: lowercase runs of letters and digits. A negation stays one word
+    (*don't* -> *dont*); every other clitic after an apostrophe is dropped (*Trump's* -> *trump*),
+    so that generated word salad such as *also's* or *said't* does not make new "words"
+    (*alsos*, *saidt*) out of old ones.
 
     >>> words("Don't stop: U.S. 2013 e-mail!")
     ['dont', 'stop', 'u', 's', '2013', 'e', 'mail']
+    >>> words("Trump\u2019s also's said\u2019t")
+    ['trump', 'also', 'said']
     """
-    return _WORD.findall(_APOSTROPHES.sub("", str(text).lower()))
+    text = _APOSTROPHES.sub("'", str(text).lower())
+    text = _NEGATION.sub("nt", text)
+    return _WORD.findall(_CLITIC.sub(" ", text))
 
 
 def unique_words(texts: Iterable[str]) -> set[str]:
@@ -174,6 +183,29 @@ def jaccard_similarity(texts_a: Iterable[str], texts_b: Iterable[str]) -> float:
     a, b = unique_words(texts_a), unique_words(texts_b)
     union = a | b
     return len(a & b) / len(union) if union else 0.0
+
+
+def containment(texts_a: Iterable[str], texts_b: Iterable[str]) -> float:
+    """The share of ``texts_a``'s unique words that also occur in ``texts_b``: ``|A & B| / |A|`` (0 when
+    A is empty). Unlike Jaccard it does not shrink as B's vocabulary grows, so two sets of very
+    different vocabulary sizes can be read side by side."""
+    a, b = unique_words(texts_a), unique_words(texts_b)
+    return len(a & b) / len(a) if a else 0.0
+
+
+def word_prefix(texts: Sequence[str], n_words: int, seed: int = 0) -> list[str]:
+    """The first ``n_words`` running words of ``texts`` taken in a seeded random order, as one text:
+    a sample of a fixed size, so the vocabularies of two sets can be compared at matched size."""
+    import random
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    out: list[str] = []
+    for i in order:
+        out.extend(words(texts[i]))
+        if len(out) >= n_words:
+            break
+    return [" ".join(out[:n_words])]
 
 
 def tfidf_keywords(texts: Sequence[str], top: int = 100, stop_words: Iterable[str] | str | None = "english",
