@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -293,6 +295,20 @@ def test_tuning_rule_when_no_value_meets_the_perplexity_ceiling():
     assert not picked["meets_ppl_rule"] and picked["n_within_ceiling"] == 0
     with pytest.raises(ValueError, match="no 'val' perplexity"):
         baselines.ppl_ceiling(results[~((results.model == "tgt") & (results.value == 3000))], "tgt")
+
+
+def test_alternative_ceiling_never_lies_below_the_base_model():
+    results = hand_made_results()
+    results = pd.concat([results, pd.DataFrame([baselines.results_row("base", "tgt", "", np.nan,
+                                                                      dict(TP=0.6, EMT=0.6, PPL=55.0), split="val", seed=0, domain="race")])],
+                        ignore_index=True)
+    assert baselines.ppl_ceiling(results, "tgt") == pytest.approx(33.0)  # UniDetox's 30 x 1.1: below the base's 55
+    alternative = baselines.ppl_ceiling(results, "tgt", with_base=True)
+    assert alternative == pytest.approx(60.5)  # 1.1 x max(30, 55)
+    picked = baselines.select_baseline(results, "task_arithmetic", "tgt", alternative)
+    assert picked["value"] == 0.2 and picked["meets_ppl_rule"]  # both values now fit; the lower TP wins
+    with pytest.raises(ValueError, match="base model"):
+        baselines.ppl_ceiling(hand_made_results(), "tgt", with_base=True)
 
 
 def test_baseline_grid_reads_the_profile():

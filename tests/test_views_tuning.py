@@ -166,6 +166,18 @@ def test_tune_baselines_ceilings_and_choices():
                                                   (B, "dexperts"): True, (B, "task_arithmetic"): True}
 
 
+def test_rule_comparison_beside_the_alternative_ceiling():
+    grid, _, _, ceilings, per_model, _ = tuned()
+    grid.loc[(grid["method"] == "base") & (grid["model"] == A), "PPL"] = 20.0  # the base above UniDetox's 15
+    alt_ceilings, alt_per_model = T.tune_baselines(grid, [A, B], A, FACTOR, with_base=True)
+    assert alt_ceilings == pytest.approx({A: 22.0, B: 27.5})  # A: 1.1 x max(15, 20); B unchanged (25 > 20)
+    table = T.rule_comparison(grid, ceilings, per_model, alt_ceilings, alt_per_model).set_index("model")
+    assert table.loc["a", "below base"] and not table.loc["b", "below base"]
+    # on A the alternative lets LM-Steer -2 (PPL 20) in: lower TP; DExperts 1 (17) now meets the rule
+    assert table.loc["a", "LM-Steer: paper's rule"] == "-1 ε" and table.loc["a", "LM-Steer: alternative"] == "-2 ε"
+    assert table.loc["a", "DExperts: paper's rule"] == "1 †" and table.loc["a", "DExperts: alternative"] == "1"
+
+
 def test_selected_settings_rows_and_validation_metrics():
     *_, selected = tuned()
     assert list(selected.columns) == ["method", "model", "hparam", "value", "lr", "meets_ppl_rule", "best", "tuned_on",

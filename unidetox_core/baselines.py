@@ -607,12 +607,16 @@ def select_unidetox(results: pd.DataFrame, method: str = UNIDETOX, *, source_mod
 
 
 def ppl_ceiling(results: pd.DataFrame, model: str, *, factor: float = 1.1, method: str = UNIDETOX,
-                source_model: str | None = None, split: str = "val") -> float:
+                source_model: str | None = None, split: str = "val", with_base: bool = False) -> float:
     """The perplexity limit of the per-model baselines on ``model`` (seed Section 3.4).
 
     ``factor`` (1.1, profile key ``ppl_rule_factor``) times the highest validation perplexity of
     UniDetox on ``model`` across its learning rates, each at the step count ``select_unidetox``
-    chose for it on the source model.
+    chose for it on the source model. The paper's rule assumes UniDetox keeps the base model's
+    fluency; where UniDetox's perplexity collapses below the base model's (a model that repeats
+    itself is easy to predict), its ceiling lies below the unmodified model's own perplexity and no
+    baseline can meet it. ``with_base=True`` gives the stated alternative, ``factor`` x the larger of
+    UniDetox's and the base model's perplexity.
     """
     selections = select_unidetox(results, method, source_model=source_model, split=split)
     table = aggregate_results(results, split)
@@ -628,6 +632,11 @@ def ppl_ceiling(results: pd.DataFrame, model: str, *, factor: float = 1.1, metho
                              f"{chosen['hparam']}={chosen['value']} (the configuration chosen on the source model); "
                              "evaluate it before tuning the baselines.")
         perplexities.append(float(match["PPL"].max()))
+    if with_base:
+        base = table[(table["method"] == "base") & (table["model"] == model)]
+        if base.empty or base["PPL"].isna().all():
+            raise ValueError(f"no {split!r} perplexity of the base model {model!r}; evaluate it first (with_base=True).")
+        perplexities.append(float(base["PPL"].max()))
     return factor * max(perplexities)
 
 

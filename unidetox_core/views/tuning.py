@@ -209,14 +209,16 @@ def source_choice_text(unidetox_choice: pd.DataFrame, samples_choice: pd.DataFra
 
 
 # ---------------------------------------------------------------- the per-model baselines
-def tune_baselines(grid: pd.DataFrame, models, source: str, factor: float) -> tuple[dict, pd.DataFrame]:
+def tune_baselines(grid: pd.DataFrame, models, source: str, factor: float,
+                   with_base: bool = False) -> tuple[dict, pd.DataFrame]:
     """``(ceilings, chosen)``: each model's perplexity ceiling (``baselines.ppl_ceiling``, ``factor`` x
-    UniDetox's highest perplexity at the steps chosen on ``source``) and one row per (model, per-model
-    baseline) chosen under it (``baselines.select_baseline``). The rule's warning for a method with no
-    value under the ceiling is silenced: its row says so in ``meets_ppl_rule``, and the chapter tells."""
+    UniDetox's highest perplexity at the steps chosen on ``source``; with ``with_base``, x the larger
+    of that and the base model's) and one row per (model, per-model baseline) chosen under it
+    (``baselines.select_baseline``). The rule's warning for a method with no value under the ceiling
+    is silenced: its row says so in ``meets_ppl_rule``, and the chapter tells."""
     ceilings, chosen = {}, []
     for model in models:
-        ceilings[model] = baselines.ppl_ceiling(grid, model, factor=factor, source_model=source)
+        ceilings[model] = baselines.ppl_ceiling(grid, model, factor=factor, source_model=source, with_base=with_base)
         for method in PER_MODEL:
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")
@@ -250,6 +252,26 @@ def baseline_rule_figure(grid: pd.DataFrame, models, source: str, unidetox_choic
     axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left")
     plt.tight_layout()
     return fig
+
+
+def rule_comparison(grid: pd.DataFrame, ceilings: dict, per_model: pd.DataFrame, alt_ceilings: dict,
+                    alt_per_model: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the base model's validation perplexity, the paper's ceiling and whether it lies below
+    it, the alternative ceiling (1.1 x the larger of UniDetox's and the base model's), and each
+    baseline's choice under both rules (``setting_text``, † where no value met the ceiling)."""
+    agg = baselines.aggregate_results(grid)
+    rows = []
+    for model, ceiling in ceilings.items():
+        base_ppl = float(agg[(agg["model"] == model) & (agg["method"] == "base")]["PPL"].max())
+        row = {"model": slug(model), "base PPL": round(base_ppl, 1), "paper's ceiling": round(ceiling, 1),
+               "below base": ceiling < base_ppl, "alternative ceiling": round(alt_ceilings[model], 1)}
+        for method in PER_MODEL:
+            paper = per_model[(per_model["model"] == model) & (per_model["method"] == method)].iloc[0]
+            alt = alt_per_model[(alt_per_model["model"] == model) & (alt_per_model["method"] == method)].iloc[0]
+            row[f"{methods.label(method)}: paper's rule"] = setting_text(method, paper["value"], meets_ppl_rule=paper["meets_ppl_rule"])
+            row[f"{methods.label(method)}: alternative"] = setting_text(method, alt["value"], meets_ppl_rule=alt["meets_ppl_rule"])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- the chosen settings
