@@ -179,6 +179,8 @@ def test_run_claims_from_per_prompt_rows():
     assert v["UniDetox lowers TP on the seen (ID) domains"] == "holds"
     assert "UniDetox lr=1e-03 - Base model: -1.00 [-1.00, -1.00]" in claims.loc["UniDetox lowers TP on the seen (ID) domains", "detail"]
     assert v["UniDetox has the lowest TP ID"] == "holds"
+    lowest = claims.loc["UniDetox has the lowest TP ID", "detail"]  # Samples (0.5) is closer than the base and pre-prompt (1)
+    assert lowest.startswith("UniDetox lr=1e-03 - Samples lr=1e-03: -0.50 [") and lowest.endswith("(the closest of 3 comparisons)")
     # identical perplexity: the difference 0 is below the margin of 10% of the base model's 10
     assert v["UniDetox keeps perplexity at or below the base model's"] == "holds"
     assert v["UniDetox keeps at least 80% of the base model's Dist-1"] == "holds"  # 0.5 - 0.8 x 0.5 > 0

@@ -348,10 +348,14 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
         what = f"{a} - {scale:g} x {b}" if scale != 1 else f"{a} - {b}"
         return label, f"{what}: {d.interval()}" + (f" ({not_testable})" if not_testable else "")
 
-    def claim(text, parts):
+    def claim(text, parts, closest_only=False):
         parts = list(parts)
+        detail = "; ".join(p[1] for p in parts) or "no such variant in this run"
+        if closest_only and len(parts) > 1:  # "lowest of all": the comparison that came closest to failing
+            worst = max(parts, key=lambda p: float(p[1].rsplit(", ", 1)[1].rstrip("]")))
+            detail = f"{worst[1]} (the closest of {len(parts)} comparisons)"
         return dict(claim=text, verdict=stats.all_of([p[0] for p in parts]) if parts else "not testable here",
-                    detail="; ".join(p[1] for p in parts) or "no such variant in this run")
+                    detail=detail)
 
     value = lambda label, metric: stats.value(rows[label], metric)
     claims = []
@@ -361,7 +365,8 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
     for metric, name in (("TP_ID", "TP ID"), ("TP_OOD", "TP OOD")):
         best = min(unidetox, key=lambda u: value(u, metric)) if unidetox else None
         others = [label for label in variants.index if label not in unidetox]
-        claims.append(claim(f"UniDetox has the lowest {name}", [compare(best, o, metric, "lower") for o in others] if best else []))
+        claims.append(claim(f"UniDetox has the lowest {name}", [compare(best, o, metric, "lower") for o in others] if best else [],
+                            closest_only=True))
     dist_kept = {u: compare(u, base, "dist_1", "higher", scale=0.8) for u in unidetox}
     collapsed = {u: value(u, "dist_1") < 0.8 * value(base, "dist_1") for u in unidetox}
     claims.append(claim("UniDetox keeps perplexity at or below the base model's",
