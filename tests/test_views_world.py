@@ -338,16 +338,10 @@ def test_toxicity_sentence_warns_only_when_both_scorers_lose_on_toxigen():
     assert "Both instruments see ToxiGen's implicit hate about as well" in text
 
 
-def baly_frame() -> pd.DataFrame:
-    return pd.DataFrame({"model": ["BERT", "BERT", "majority"], "split": ["random", "media", "random"],
-                         "approx_value": ["~80", "~35-40", "~40"], "status": ["recalled", "recalled", "x"]})
-
-
 def test_bias_view_and_sentence_by_hand():
-    view = world_views.bias_view(classifiers_frame(), baly_frame())
+    view = world_views.bias_view(classifiers_frame())
     assert view.index.tolist() == ["random", "media"]
     assert view.loc["random", "accuracy"] == 0.607 and view.loc["media", "accuracy"] == 0.466
-    assert view["Baly et al. report: BERT (%)"].tolist() == ["~80", "~35-40"]
     text = text_of(world_views.bias_sentence(view))
     assert text.startswith("On the random split the classifier is right on 61% of test articles (majority class: "
                            "46%); on the media split, 47% (majority class: 46%).")

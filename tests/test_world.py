@@ -195,6 +195,9 @@ def test_toxicity_classifier_beats_chance_on_held_out_tweets(settings):
     tweets = data.load_tweets()
     test = tweets[tweets["split"] == "test"]
     assert roc_auc_score(test["toxic"], scorer(test["text"].tolist())) > 0.8
+    # trained with news as negatives and balanced weights, it does not call held-out news toxic
+    news = world.classifiers.news_snippets(settings, "valid", 100)
+    assert len(news) > 100 and (scorer(news) > 0.5).mean() <= 0.10
 
 
 def test_bias_classifier_beats_chance_on_held_out_articles(settings):

@@ -302,6 +302,7 @@ class TfidfClassifierScorer:
         max_iter: int = 1000,
         batch_size: int = 8192,
         seed: int = 0,
+        class_weight: str | None = None,
     ):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -317,7 +318,7 @@ class TfidfClassifierScorer:
             [
                 ("tfidf", TfidfVectorizer(max_features=max_features, ngram_range=tuple(ngram_range), min_df=min_df,
                                           sublinear_tf=True, strip_accents="unicode")),
-                ("classifier", LogisticRegression(C=C, max_iter=max_iter, random_state=seed)),
+                ("classifier", LogisticRegression(C=C, max_iter=max_iter, random_state=seed, class_weight=class_weight)),
             ]
         )
         self.fitted = False

@@ -230,17 +230,12 @@ def toxicity_sentence(classifiers: pd.DataFrame) -> Markdown:
     return Markdown(text)
 
 
-def bias_view(classifiers: pd.DataFrame, baly: pd.DataFrame) -> pd.DataFrame:
-    """The leaning classifier's metrics per split scheme (rows ``random``, ``media``), beside the
-    BERT figure Baly et al. report for that scheme and that figure's status."""
+def bias_view(classifiers: pd.DataFrame) -> pd.DataFrame:
+    """The leaning classifier's metrics per split scheme (rows ``random``, ``media``)."""
     bias = classifiers[classifiers["instrument"].str.startswith("allsides_tfidf")].copy()
     # One classifier per split scheme: trained on the random (or media) train split, tested on its test split.
     bias["split"] = bias["instrument"].map(lambda name: "media" if name.endswith("_media") else "random")
-    view = bias.pivot_table(index="split", columns="metric", values="value").reindex(["random", "media"])
-    bert = baly[baly["model"].str.startswith("BERT")].set_index("split")  # the BERT rows: one per split
-    view["Baly et al. report: BERT (%)"] = bert["approx_value"]
-    view["status of the reported figure"] = bert["status"]
-    return view
+    return bias.pivot_table(index="split", columns="metric", values="value").reindex(["random", "media"])
 
 
 def bias_sentence(bias_view: pd.DataFrame) -> Markdown:
@@ -257,3 +252,33 @@ def bias_sentence(bias_view: pd.DataFrame) -> Markdown:
     text += ("The leaning shares of the chapter on the detoxifying text are the judgement of an instrument of this "
              "quality, used as the paper uses PoliticalBiasBERT: to compare text sets with each other.")
     return Markdown(text)
+
+
+# ----------------------------------------------------------------------------- what the world is
+# Radford et al. (2019), "Language Models are Unsupervised Multitask Learners", Table 3: GPT-2's
+# smallest model (117M parameters), zero-shot, on enwik8 -- a real small LM's order of magnitude.
+GPT2_SMALL_ENWIK8_BPB = 1.16
+
+
+def world_facts(out: Path, source: str = "gpt2-bpe") -> Markdown:
+    """The measured facts behind the chapter's "what this world is" callout, from the world's tables:
+    the source model's size, training tokens and held-out bits per byte beside GPT-2 small's, the
+    evaluator's margin over the models it scores, and one of the source model's BOS samples."""
+    models = pd.read_csv(Path(out) / "models.csv").set_index("model")
+    src = models.loc[source]
+    evaluator = models.loc["evaluator", "heldout_news_bits_per_byte"] if "evaluator" in models.index else float("nan")
+    scored = models.drop(index="evaluator", errors="ignore")["heldout_news_bits_per_byte"]
+    margin = scored.min() - evaluator
+    samples = bos_sample_lines(out, 1, max_chars=160)
+    lines = [
+        f"- The source model has {src['parameters'] / 1e6:.1f} M parameters and saw {src['train_tokens_seen'] / 1e6:.2f} M "
+        f"training tokens; on held-out news it needs {src['heldout_news_bits_per_byte']:.2f} bits per byte "
+        f"(perplexity {src['heldout_news_ppl']:.0f} per token). GPT-2's smallest model needs "
+        f"{GPT2_SMALL_ENWIK8_BPB} bits per byte on enwik8, zero-shot (Radford et al., 2019, Table 3).",
+        f"- The evaluator is {margin:.2f} bits per byte better on held-out news than the best model it scores"
+        + (" — less than 0.2, so its perplexities rank fluent and disfluent text only roughly: read perplexity "
+           "here as a coarse check, not as fluency." if margin < 0.2 else "."),
+    ]
+    if samples:
+        lines.append(f"- What the source model writes from the start token: “{samples[0].split('] ', 1)[1]}”")
+    return Markdown("\n".join(lines))

@@ -53,7 +53,7 @@ run, which changed ``llama-unigram`` and every result on it.
 
 from .build import build_world, calibrate_mix, train_in_parallel, write_world_report
 from .checks import bos_samples, check_config, source_check, source_toxicity
-from .classifiers import BALY_REPORTED, allsides_texts, classifier_report, scorer_path, train_classifier
+from .classifiers import allsides_texts, classifier_report, scorer_path, train_classifier
 from .corpus import (build_blocks, build_corpus, build_stream, document_markers, load_articles, load_blocks,
                      load_documents, load_world_tokenizer, pack_blocks, toxic_corpus_texts, train_world_tokenizer)
 from .pretrain import heldout_loss, model_summary, pretrain_world_model, resolve_model, train_world_model

@@ -10,10 +10,10 @@ from typing import Iterable
 
 import pandas as pd
 
-from .. import stages
+from .. import data, stages
 from ..cache import write_csv_atomic, write_json_atomic
 from .checks import source_check
-from .classifiers import BALY_REPORTED, classifier_report, train_classifier
+from .classifiers import classifier_report, train_classifier
 from .corpus import build_blocks, build_corpus, build_stream, train_world_tokenizer
 from .pretrain import model_summary, train_world_model
 from .settings import (
@@ -241,9 +241,13 @@ def write_world_report(settings: dict, profile_values: dict, progress: bool = Tr
     write_csv_atomic(pd.DataFrame({"sample": check["bos_samples"][:16]}), out / "bos_samples_source.csv")
     write_json_atomic(out / "world_settings.json", {k: v for k, v in settings.items() if k not in ("cache_dir", "results_dir")})
 
-    classifiers = classifier_report(settings, progress)
+    prompts = set()
+    if profile_values.get("eval_prompts") == "toxigen_seed":  # keep the report's sentences apart from the prompts
+        for split in ("val", "test"):
+            prompts |= set(data.load_eval_prompts(profile_values, split)["text"])
+    classifiers = classifier_report(settings, progress, exclude=prompts)
     write_csv_atomic(classifiers, out / "classifiers.csv")
-    write_csv_atomic(BALY_REPORTED, out / "baly2020_reported.csv")
+    write_csv_atomic(out / "baly2020_reported.csv")
     return out
 
 

@@ -26,10 +26,23 @@ def allsides_texts(frame: pd.DataFrame, max_chars: int) -> list[str]:
     return [f"{t}\n\n{x[:max_chars]}" for t, x in zip(frame["title"], frame["text"])]
 
 
+def news_snippets(settings: dict, split: str, n_articles: int, chars: int = 200, per_article: int = 3) -> list[str]:
+    """Up to ``per_article`` consecutive ``chars``-character pieces of ``n_articles`` AllSides articles
+    of ``split`` (a seeded sample of the random scheme), pieces under 50 characters left out: news
+    text about as long as a continuation or a distilled sentence."""
+    articles = load_articles("random")
+    part = articles[articles["split"] == split]
+    part = part.sample(n=min(n_articles, len(part)), random_state=settings["seed"])
+    pieces = (text[k * chars:(k + 1) * chars] for text in part["text"] for k in range(per_article))
+    return [piece for piece in pieces if len(piece) > 50]
+
+
 def train_classifier(settings: dict, name: str, progress: bool = True) -> Path:
     """Fit and save a TF-IDF + logistic-regression scorer (cached; returns the ``.joblib`` path).
 
-    - ``davidson_tfidf``: Davidson *train* tweets, hate or offensive (1) vs neither (0);
+    - ``davidson_tfidf``: Davidson *train* tweets, hate or offensive (1) vs neither (0), plus
+      snippets of AllSides *train* news as further negatives, with balanced class weights (see the
+      setting ``davidson_news_negatives``: tweets alone teach it that most text is toxic);
     - ``allsides_tfidf``: AllSides ``random`` train articles, left / center / right;
     - ``allsides_tfidf_media``: the same on the ``media`` train split, only to report the
       media-split accuracy as Baly et al. define it (train and test outlets apart).
@@ -42,7 +55,9 @@ def train_classifier(settings: dict, name: str, progress: bool = True) -> Path:
     if name == "davidson_tfidf":
         tweets = data.load_tweets(seed=0)
         train = tweets[tweets["split"] == "train"]
-        scorer = _tfidf(name, settings, positive_label=1).fit(train["text"].tolist(), train["toxic"].astype(int).tolist())
+        news = news_snippets(settings, "train", settings["davidson_news_negatives"])
+        scorer = _tfidf(name, settings, positive_label=1, class_weight="balanced").fit(
+            train["text"].tolist() + news, train["toxic"].astype(int).tolist() + [0] * len(news))
     else:
         scheme = "media" if name.endswith("_media") else "random"
         articles = load_articles(scheme)
@@ -63,13 +78,15 @@ def scorer_path(name: str, profile_values: dict | str, **overrides) -> str:
     return str(train_classifier(world_settings(profile_values, **overrides), name))
 
 
-def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
+def classifier_report(settings: dict, progress: bool = True, exclude: set[str] = frozenset()) -> pd.DataFrame:
     """What each offline instrument sees, on data none of them trained on.
 
     Toxicity: ROC-AUC of ``profanity_check`` and ``davidson_tfidf`` on the held-out (test) tweets --
     toxic vs neither, and hate / offensive each vs neither -- and on the ToxiGen seed sentences
-    (hate vs neutral: *implicit* hate, few swear words). Bias: accuracy and macro-F1 of
-    ``allsides_tfidf`` (random train) on the test split, and of the media-trained twin.
+    (hate vs neutral: *implicit* hate, few swear words) other than ``exclude`` (the evaluation
+    prompts); the share of each set called toxic (> 0.5), held-out AllSides news snippets included
+    (the false-positive rate on the text the world's models write most). Bias: accuracy and
+    macro-F1 of ``allsides_tfidf`` (random train) on the test split, and of the media-trained twin.
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -79,6 +96,8 @@ def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
     tweets = data.load_tweets(seed=0)
     test = tweets[tweets["split"] == "test"]
     seeds = data.load_toxigen_seed_prompts()
+    seeds = seeds[~seeds["text"].isin(set(exclude))]
+    news = news_snippets(settings, "valid", 500)
     toxicity = {"profanity_check": ProfanityCheckScorer(),
                 "davidson_tfidf": TfidfClassifierScorer.load(train_classifier(settings, "davidson_tfidf"))}
     for scorer_name, scorer in toxicity.items():
@@ -95,13 +114,15 @@ def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
         seed_scores = scorer(seeds["text"].tolist())
         hate = (seeds["label"] == "hate").to_numpy()
         rows.append({"instrument": scorer_name, "dataset": "ToxiGen seeds: hate vs neutral", "metric": "roc_auc",
-                     "value": roc_auc_score(hate, seed_scores), "n": len(hate)})
+                     "value": roc_auc_score(hate, seed_scores), "n": len(hate),
+                     "note": f"{len(exclude)} sentences used as evaluation prompts left out" if exclude else ""})
         # The share over 0.5 is what TP counts: how often the instrument calls a sentence toxic.
         toxic_tweets = test["toxic"].to_numpy()
         for dataset, values in (("tweets: hate+offensive", tweet_scores[toxic_tweets]),
                                 ("tweets: neither", tweet_scores[~toxic_tweets]),
                                 ("ToxiGen seeds: hate", seed_scores[hate]),
-                                ("ToxiGen seeds: neutral", seed_scores[~hate])):
+                                ("ToxiGen seeds: neutral", seed_scores[~hate]),
+                                ("AllSides valid news snippets", scorer(news))):
             rows.append({"instrument": scorer_name, "dataset": dataset, "metric": "share > 0.5",
                          "value": float((values > 0.5).mean()), "n": len(values)})
     same_test = "the released random and media test splits hold the same 1,300 article IDs"
@@ -118,17 +139,3 @@ def classifier_report(settings: dict, progress: bool = True) -> pd.DataFrame:
             rows.append({"instrument": name, "dataset": f"AllSides test, trained on the {scheme} train split",
                          "metric": metric, "value": float(value), "n": len(test_articles), "note": same_test})
     return pd.DataFrame(rows)
-
-
-# Baly et al. (EMNLP 2020), "We Can Detect Your Bias", Table 3, *as recalled by the engineer who
-# wrote this*: the PDF could not be opened offline to check the exact decimals. Only the rounded
-# level and the gap between the splits are claimed; verify against the paper before quoting digits.
-BALY_REPORTED = pd.DataFrame([
-    {"split": "random", "model": "BERT, fine-tuned", "metric": "macro-F1 and accuracy", "approx_value": "~80",
-     "status": "recalled, unverified"},
-    {"split": "media", "model": "BERT, fine-tuned", "metric": "macro-F1 and accuracy", "approx_value": "~35-40",
-     "status": "recalled, unverified"},
-    {"split": "media", "model": "their adversarial media adaptation + triplet loss (+ media features)",
-     "metric": "macro-F1 and accuracy", "approx_value": "well above BERT's; exact figure not recalled",
-     "status": "recalled, unverified"},
-])
