@@ -191,6 +191,7 @@ def test_notebook_front_matter_becomes_title_and_markdown_is_translated():
         new_markdown_cell("Intro {#not-a-heading} and @fig-a"),
         nbformat.v4.new_code_cell("x = 1", execution_count=1),  # executed: no "not executed yet" notice
     ])
+    build_book.stamp_executed(nb, core="abc")  # ... and by this source: no "stale" notice
     out = build_book.translate_notebook(nb)
     assert [c.source for c in out.cells[:2]] == ["# Toxic model", "Intro {#not-a-heading} and {numref}`fig-a`"]
 
@@ -464,7 +465,25 @@ def test_a_notebook_that_has_not_run_says_so():
     translated = build_book.translate_notebook(nb)
     assert build_book.PENDING_MARKER in translated.cells[1].source
     nb.cells[1].execution_count = 1
+    build_book.stamp_executed(nb, core="abc")
     assert all(build_book.PENDING_MARKER not in c.source for c in build_book.translate_notebook(nb).cells)
+
+
+def test_a_notebook_edited_after_it_ran_says_its_outputs_are_stale():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter"), nbformat.v4.new_code_cell("x = 1", execution_count=1)]
+    assert build_book.is_stale(nb)  # executed, but by a run that did not stamp it
+    build_book.stamp_executed(nb, core="abc")
+    assert not build_book.is_stale(nb) and not build_book.is_stale(nb, core="abc")
+    assert build_book.is_stale(nb, core="def")  # the library changed since
+    assert all(build_book.STALE_MARKER not in c.source for c in build_book.translate_notebook(nb).cells)
+    nb.cells[1].source = "x = 2"  # edited after the run
+    assert build_book.is_stale(nb)
+    translated = build_book.translate_notebook(nb)
+    assert build_book.STALE_MARKER in translated.cells[1].source
+    assert build_book.is_pending_page(f"<p>{build_book.STALE_MARKER}</p>")
 
 
 def test_injected_parameters_cell_is_hidden_only_when_it_repeats_the_defaults():

@@ -28,6 +28,7 @@ import argparse
 import copy
 import hashlib
 import html
+import json
 import os
 import re
 import shlex
@@ -811,6 +812,7 @@ def redundant_injected_parameters(nb) -> bool:
 
 def translate_notebook(nb):
     """A Quarto-flavoured executed notebook -> the notebook Jupyter Book renders (outputs kept)."""
+    notice = PENDING_NOTICE if not is_executed(nb) else STALE_NOTICE if is_stale(nb) else None  # before any edit
     nb = copy.deepcopy(nb)
     cells, title = [], None
     for index, cell in enumerate(nb.cells):
@@ -828,9 +830,9 @@ def translate_notebook(nb):
     has_title = any(c.cell_type == "markdown" and re.search(r"^# ", c.source, re.M) for c in cells)
     if title and not has_title:
         cells.insert(0, _new_markdown_cell(f"# {title}", "quarto-title"))
-    if not is_executed(nb):
+    if notice:
         first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"), -1)
-        cells.insert(first_heading + 1, _new_markdown_cell(PENDING_NOTICE, "pending-notice"))
+        cells.insert(first_heading + 1, _new_markdown_cell(notice, "pending-notice"))
     nb.cells = cells
     return nb
 
@@ -843,14 +845,45 @@ table references have nothing to point to.
 :::"""
 
 
+STALE_MARKER = "This chapter's code changed after its outputs were computed"
+STALE_NOTICE = f""":::{{warning}} Outputs of an earlier version
+{STALE_MARKER}: the tables, figures and numbers below come from an earlier version of the chapter or
+of the library, and some may be missing. Rerun the notebooks (`make book`) to bring them up to date.
+:::"""
+
+
 def is_executed(nb) -> bool:
     """True when any code cell of the notebook has been run (papermill leaves execution counts)."""
     return any(c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")) for c in nb.cells)
 
 
+def source_digest(nb) -> str:
+    """The notebook's code and Markdown; outputs, metadata and papermill's injected cell do not count."""
+    cells = [[cell.cell_type, cell.source] for cell in nb.cells
+             if "injected-parameters" not in cell.get("metadata", {}).get("tags", [])]
+    return hashlib.sha256(json.dumps(cells).encode("utf-8")).hexdigest()
+
+
+def stamp_executed(nb, core: str) -> None:
+    """Record in the notebook's metadata which chapter source and which library it was executed with."""
+    nb.metadata.setdefault("unidetox", {})["executed_with"] = {"source": source_digest(nb), "core": core}
+
+
+def is_stale(nb, core: str | None = None) -> bool:
+    """An executed notebook whose outputs were not computed by its present source (and, given ``core``,
+    library): edited since it ran, or run before runs were stamped."""
+    if not is_executed(nb):
+        return False
+    stamp = nb.metadata.get("unidetox", {}).get("executed_with")
+    if not stamp:
+        return True
+    return stamp.get("source") != source_digest(nb) or (core is not None and stamp.get("core") != core)
+
+
 def is_pending_page(page_html: str) -> bool:
-    """A rendered chapter whose notebook was not executed (it carries the pending notice)."""
-    return PENDING_MARKER in page_html
+    """A rendered chapter whose outputs are missing or out of date (it carries the pending or the stale
+    notice): its references may have nothing to point to."""
+    return PENDING_MARKER in page_html or STALE_MARKER in page_html
 
 
 # ========================================================================= the Jupyter Book project

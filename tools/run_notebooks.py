@@ -59,7 +59,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling build_book, however this is run
 
-from build_book import chapter_paths, hide_redundant_injected_parameters, load_quarto_config  # noqa: E402
+from build_book import (  # noqa: E402
+    chapter_paths,
+    hide_redundant_injected_parameters,
+    load_quarto_config,
+    source_digest,
+    stamp_executed,
+)
 from unidetox_core import profiles  # noqa: E402
 from unidetox_core.cache import atomic_path, write_json_atomic  # noqa: E402
 
@@ -215,16 +221,6 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def source_digest(nb) -> str:
-    """The notebook's code and Markdown; outputs, metadata and papermill's injected cell do not count."""
-    cells = [
-        [cell.cell_type, cell.source]
-        for cell in nb.cells
-        if "injected-parameters" not in cell.get("metadata", {}).get("tags", [])
-    ]
-    return sha256_text(json.dumps(cells))
-
-
 def files_digest(paths: list[Path], root: Path) -> str:
     """Paths and contents of files (a missing file counts as missing, so its appearance is a change)."""
     digest = hashlib.sha256()
@@ -320,8 +316,9 @@ def _execute(papermill, notebook: Path, output: Path, parameters: dict, failed_d
                 shutil.copy2(tmp, failed_dir / notebook.name)
             raise
         executed = nbformat.read(tmp, as_version=4)
-        if hide_redundant_injected_parameters(executed):  # the page need not repeat the defaults
-            nbformat.write(executed, tmp)
+        hide_redundant_injected_parameters(executed)  # the page need not repeat the defaults
+        stamp_executed(executed, core_digest(ROOT))  # the book can then tell outputs of an older source
+        nbformat.write(executed, tmp)
 
 
 def append_run(path: Path, notebook: str, record: dict, key: str) -> None:

@@ -27,13 +27,12 @@ from .settings import results_dir, torch_threads, world_settings
 # setting is the first. Batch 8 blocks of block_tokens tokens, linear decay, as the world trains.
 MINI_GRID = (
     (8000, 192, 4, 480),
-    (8000, 128, 4, 480),
-    (8000, 128, 4, 960),
-    (8000, 128, 2, 960),
-    (8000, 256, 4, 480),
-    (4000, 128, 4, 960),
-    (4000, 192, 4, 480),
     (8000, 192, 4, 960),
+    (4000, 192, 4, 480),
+    (8000, 128, 4, 960),
+    (4000, 128, 4, 960),
+    (8000, 128, 2, 960),
+    (8000, 128, 4, 480),
 )
 TINY_GRID = ((800, 32, 2, 10), (400, 32, 2, 20))
 COLUMNS = ("vocab_size", "d_model", "n_layer", "steps", "parameters", "train_tokens_seen", "cpu_seconds",
@@ -83,6 +82,8 @@ def run_sweep(profile: str | dict = "mini", grid=None, progress: bool = True) ->
     for point in tqdm([p for p in grid if tuple(p) not in have], desc="world sweep", disable=not progress):
         started = time.time()
         row = sweep_point(profile, *point)
+        # read again before appending: another sweep process may have added its points meanwhile
+        done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(COLUMNS))
         done = pd.concat([done, pd.DataFrame([row])], ignore_index=True) if len(done) else pd.DataFrame([row])
         write_csv_atomic(done[list(COLUMNS)], path)
         if progress:
@@ -105,8 +106,10 @@ def frontier(sweep: pd.DataFrame) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="mini", choices=["mini", "tiny"])
+    parser.add_argument("--reverse", action="store_true", help="take the grid from its end (a second process)")
     args = parser.parse_args(argv)
-    print(run_sweep(args.profile).to_string())
+    grid = list(MINI_GRID if args.profile == "mini" else TINY_GRID)
+    print(run_sweep(args.profile, grid[::-1] if args.reverse else grid).to_string())
     return 0
 
 
