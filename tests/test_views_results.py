@@ -449,10 +449,20 @@ def test_results_claims_rows():
     rows = sc.results_claims_rows(claims, "results_across_models_claims.csv", "07 across models")
     assert rows[0] == {"claim": "UniDetox has the lowest TP ID [opt-bpe]",
                        "paper reports": "lowest TP of all methods on every model (Tables 1, 2)",
-                       "this run shows": "lowest: UniDetox", "verdict": "holds", "chapter": "07 across models"}
+                       "this run shows": "one build: lowest: UniDetox", "verdict": "holds", "chapter": "07 across models"}
     assert rows[1]["verdict"] == "inconclusive" and rows[1]["paper reports"] == ""
     [missing] = sc.results_claims_rows(None, "x.csv", "06")
     assert missing["claim"] == "(claims of x.csv)" and missing["verdict"] == "not testable here"
+
+
+def test_replicate_rows():
+    rep = pd.DataFrame({"claim": ["UniDetox lowers the source model's TP", "The toxic model is more toxic than the base model"],
+                        "a": ["unidetox", "toxic"], "b": ["base", "base"], "replicates": [3, 3],
+                        "verdict": ["holds", "inconclusive"], "detail": ["d1", "d2"]})
+    first, second = sc.replicate_rows(rep)
+    assert first["claim"] == "UniDetox lowers the source model's TP [3 builds]" and first["verdict"] == "holds"
+    assert first["paper reports"].startswith("GPT-2 XL: TP 0.53") and second["paper reports"].startswith("the toxic GPT-2 XL")
+    assert sc.replicate_rows(None) == []
 
 
 def test_sensitivity_rows_compare_lower_left_shares():

@@ -845,7 +845,7 @@ table references have nothing to point to.
 :::"""
 
 
-STALE_MARKER = "This chapter's code changed after its outputs were computed"
+STALE_MARKER = "The code of this chapter changed after its outputs were computed"
 STALE_NOTICE = f""":::{{warning}} Outputs of an earlier version
 {STALE_MARKER}: the tables, figures and numbers below come from an earlier version of the chapter or
 of the library, and some may be missing. Rerun the notebooks (`make book`) to bring them up to date.

@@ -37,6 +37,10 @@ class Profile(Mapping):
 
     profile: str = ""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # five evaluation runs, mean and std (Tables 1-2)
+    # Independent replicates of the source model's whole pipeline (its pre-training, toxic model,
+    # distillation, fine-tuning, evaluation) behind the core claims; 1 = the main run only (the
+    # paper's models are pre-trained once, by others).
+    replicates: int = 1
     # data
     data_source: str = "mirror"  # "hub" (datasets.load_dataset) or "mirror" (the offline stand-ins)
     # "world": the Davidson hate/offensive train tweets the mini world reserved (never in its web
@@ -171,11 +175,14 @@ _CHANGES: dict[str, dict[str, Any]] = {
         # The world's models have 256 positions and the start token takes one: 255 new tokens, where
         # GPT-2 XL (1,024 positions) takes the paper's 256.
         "distill_max_new_tokens": 255,
-        # 50 + 70 of the 1,045 seed prompts (the paper: 896 + 940), in proportion to the groups: a TP
-        # then carries a binomial standard error of up to 0.07 (validation) and 0.06 (test), which the
-        # chapters print beside every comparison. Validation only chooses among a few settings.
+        # 50 + 70 of the 1,045 seed prompts (the paper: 896 + 940), in proportion to the groups. TP_ID
+        # and TP_OOD average categories of a few prompts each, so their intervals are wide: every
+        # comparison carries its paired bootstrap interval (stats), never a hand-computed error.
         "n_val_prompts": 50,
         "n_test_prompts": 70,
+        # Three builds of the source model's pipeline: one build of the world is one draw, and the
+        # core claims read the spread between draws (stats.hierarchical_difference).
+        "replicates": 3,
         # The evaluator scores 5 of the 25 continuations of each prompt (600 per evaluation): on
         # the 2-core CPU its pass costs as much as generating all 25.
         "eval_ppl_samples": 5,
@@ -218,6 +225,7 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "eval_batch_size": 32,
         "n_val_prompts": 16,
         "n_test_prompts": 16,
+        "replicates": 2,
         "mmlu_max_questions": 12,
         "lmsteer_multipliers": [-1.0],
         "dexperts_betas": [1.0],
@@ -285,7 +293,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_DEFAULTS[k]})") for k in (
         "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
-        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers")},
+        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers", "replicates")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
         "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},

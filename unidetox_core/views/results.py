@@ -222,6 +222,19 @@ def claims_rows(ours: dict[str, pd.DataFrame], split: str) -> pd.DataFrame:
     return frame.assign(split=split)
 
 
+# ----------------------------------------------------------------------------- replicates
+def replicate_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """``replicates.replicate_claims`` as chapter 06 prints it: the claim, each replicate's difference,
+    the mean with its two-stage 95% interval, and the verdict."""
+    return pd.DataFrame({
+        "claim": claims["claim"],
+        "difference in each replicate": claims["per_replicate"],
+        "mean [95% interval]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in zip(claims["diff"], claims["low"], claims["high"])],
+        "directions agree": claims["directions_agree"].map({True: "yes", False: "no"}),
+        "verdict": claims["verdict"],
+    })
+
+
 # ----------------------------------------------------------------------------- what the chapters write
 def results_rows(settings: pd.DataFrame, summary: pd.DataFrame, split: str) -> pd.DataFrame:
     """The rows of ``results_source.csv`` / ``results_across_models.csv``: each variant's setting

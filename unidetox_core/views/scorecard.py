@@ -69,8 +69,27 @@ def results_claims_rows(claims: pd.DataFrame | None, name: str, chapter: str) ->
     if claims is None:
         return [card_row(f"(claims of {name})", "", "chapter not run yet", "not testable here", chapter)]
     return [card_row(f"{row.claim} [{str(row.model).replace('world:', '')}]", PAPER_CLAIMS.get(row.claim, ""),
-                     row.detail, row.verdict, chapter)
+                     f"one build: {row.detail}", row.verdict, chapter)
             for row in claims.itertuples(index=False)]
+
+
+# What the paper reports for each claim decided over replicates (``replicates.CORE_CLAIMS``).
+PAPER_REPLICATE_CLAIMS = {
+    "toxic": "the toxic GPT-2 XL is more toxic (App. B.1)",
+    "base": "GPT-2 XL: TP 0.53 -> 0.40 / 0.46 ID (Table 1)",
+    "samples": "Samples lowers TP less than UniDetox (Table 1)",
+    "cut_only": "not tested in the paper",
+}
+
+
+def replicate_rows(rep: pd.DataFrame | None) -> list[dict]:
+    """The core claims decided over independent builds of the source model's pipeline (chapter 06's
+    ``replicates.csv``), labelled with the number of builds."""
+    if rep is None:
+        return []
+    return [card_row(f"{row.claim} [{row.replicates} builds]",
+                     PAPER_REPLICATE_CLAIMS.get(row.a if row.a == "toxic" else row.b, ""), row.detail, row.verdict,
+                     "06 results on the source model") for row in rep.itertuples(index=False)]
 
 
 # ----------------------------------------------------------------------------- chapter 08

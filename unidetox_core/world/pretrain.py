@@ -18,6 +18,8 @@ from .settings import (
     WorldError,
     model_config,
     model_spec,
+    replicate_overrides,
+    split_replicate,
     step_path,
     torch_threads,
     world_dir,
@@ -86,7 +88,7 @@ def pretrain_world_model(settings: dict, name: str, progress: bool = True):
     cpu_start = time.process_time()
     history = finetune(
         model, tokenizer, blocks, lr=spec["lr"], batch_size=spec["batch_size"], steps=steps,
-        max_length=spec["context"], seed=settings["seed"],
+        max_length=spec["context"], seed=settings["seed"] + spec.get("order_seed", 0),
         save_steps=range(quarter, steps + 1, quarter) if checkpoints else (),
         output_dir=training_dir(settings, name) if checkpoints else None,
         lr_schedule="linear", max_grad_norm=1.0, prepend_bos=False, progress=progress,
@@ -145,7 +147,8 @@ def resolve_model(name: str, profile_values: dict | str, progress: bool = True, 
     """The folder of a world model for ``models.load_model``; any other name passes through.
 
     ``"world:gpt2-bpe"`` (the profiles' spelling) or ``"gpt2-bpe"`` builds the model -- and what it
-    needs -- on first use, then returns the cached folder. A hub id such as ``"gpt2-xl"`` or a
+    needs -- on first use, then returns the cached folder; ``"world:gpt2-bpe~r1"`` is its replicate 1
+    (``settings.replicate_overrides``). A hub id such as ``"gpt2-xl"`` or a
     local folder is returned unchanged, so callers need not care which profile they run.
     """
     if not isinstance(name, str) or not name:
@@ -155,4 +158,7 @@ def resolve_model(name: str, profile_values: dict | str, progress: bool = True, 
             raise WorldError(f"name={name!r}: write 'world:{name}' for the world model, or give a hub id / folder.")
         return name
     settings = world_settings(profile_values, **overrides)
-    return str(train_world_model(settings, name.split(":", 1)[1], progress=progress))
+    base, replicate = split_replicate(name.split(":", 1)[1])
+    if replicate:
+        settings = world_settings(profile_values, **{**overrides, "models": replicate_overrides(settings, base, replicate)})
+    return str(train_world_model(settings, base, progress=progress))

@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 WORLD_VERSION = 1
 
 MODEL_NAMES = ("gpt2-bpe", "opt-bpe", "llama-unigram", "evaluator")
+# Model settings a run may add (they enter the model's key only when given): ``order_seed`` shifts the
+# seed of the pre-training data order, so a replicate of a model differs in its data order as well as
+# in its initial weights (``init_seed``) -- see ``replicate_overrides``.
+OPTIONAL_MODEL_KEYS = ("order_seed",)
+REPLICATE_MARK = "~r"  # "world:gpt2-bpe~r1": replicate 1 of the world's gpt2-bpe (replicate 0 is the model itself)
 CLASSIFIERS = ("davidson_tfidf", "allsides_tfidf", "allsides_tfidf_media")
 TWEET_MARKERS = re.compile(r"@user|\bRT\b|#\w|\bhttp\b")
 
@@ -166,7 +171,7 @@ def world_settings(profile_values: dict | str, **overrides) -> dict[str, Any]:
             for model_name, changes in value.items():
                 if model_name not in settings["models"]:
                     raise WorldError(f"world model {model_name!r} is unknown; use one of {MODEL_NAMES}.")
-                unknown = set(changes) - set(settings["models"][model_name])
+                unknown = set(changes) - set(settings["models"][model_name]) - set(OPTIONAL_MODEL_KEYS)
                 if unknown:
                     raise WorldError(f"models[{model_name!r}] has no setting(s) {sorted(unknown)}.")
                 settings["models"][model_name].update(changes)
@@ -259,3 +264,21 @@ def step_path(settings: dict, name: str, config: dict, suffix: str = "") -> Path
     ``suffix`` makes it a file (the classifiers' ``.joblib``)."""
     path = stages.folder(settings["cache_dir"], "world", name, config)
     return path.with_name(path.name + suffix)
+
+
+def split_replicate(name: str) -> tuple[str, int]:
+    """``"gpt2-bpe~r2"`` -> ``("gpt2-bpe", 2)``; a name without the mark is replicate 0."""
+    base, mark, number = name.partition(REPLICATE_MARK)
+    if not mark:
+        return name, 0
+    if not number.isdigit() or int(number) < 1:
+        raise WorldError(f"model name {name!r}: a replicate is written '{base}{REPLICATE_MARK}<n>' with n >= 1.")
+    return base, int(number)
+
+
+def replicate_overrides(settings: dict, name: str, replicate: int) -> dict:
+    """The ``models`` override that makes replicate ``replicate`` of world model ``name``: another
+    initialisation and another order of the same training data (the tokenizers, the corpus, the
+    classifiers and the evaluator are the instruments, shared by every replicate)."""
+    spec = model_spec(settings, name)
+    return {name: {"init_seed": spec["init_seed"] + 1000 * replicate, "order_seed": replicate}}
