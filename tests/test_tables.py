@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unidetox_core import experiments, paper_tables, tables
+from unidetox_core import experiments, paper_tables, stats, tables
 from unidetox_core.profiles import load_profile
 
 SOURCE, TARGET = "world:gpt2-bpe", "world:opt-bpe"
@@ -167,6 +167,17 @@ def per_prompt_variant(label, method, lr, toxic, n=8):
                              toxic=float(i < round(toxic * n)), max_score=0.9 if i < round(toxic * n) else 0.1,
                              ppl_sum=10.0, ppl_n=1, dist_1=0.5))
     return pd.DataFrame(rows)
+
+
+def test_power_table_by_hand():
+    rng = np.random.default_rng(0)
+    base = per_prompt_variant("Base model", "base", np.nan, 0.5, n=20)
+    other = base.assign(label="UniDetox lr=1e-03", method="unidetox", toxic=rng.permutation(base["toxic"].to_numpy()))
+    table = tables.power_table(pd.concat([base, other], ignore_index=True), ["TP_all"], n_boot=500).iloc[0]
+    d = stats.paired_difference(other, base, "TP_all", n_boot=500)
+    assert table["median standard error"] == pytest.approx(d.se)
+    assert table["detectable difference (80% power)"] == pytest.approx(2.8016 * d.se, rel=1e-3)
+    assert (table["prompts"], table["seeds"], table["metric"]) == (80, 1, "TP (all)")
 
 
 def test_run_claims_from_per_prompt_rows():

@@ -471,6 +471,13 @@ def test_sensitivity_rows_compare_lower_left_shares():
     assert row["this run shows"] == "lower-left share: UniDetox 100%, baselines 50%" and row["verdict"] == "holds"
     assert sc.sensitivity_rows(sens[sens["method"] == "unidetox"])[0]["verdict"] == "not testable here"  # no baseline
     assert sc.sensitivity_rows(None)[0]["this run shows"] == "chapter not run yet"
+    # one UniDetox point per model (a target evaluated at its chosen steps only): nothing to read
+    per_model = sens.assign(model=["a", "b", "a", "b"])
+    [row] = sc.sensitivity_rows(per_model)
+    assert row["verdict"] == "not testable here" and "fewer than 3 grid points" in row["this run shows"]
+    three = pd.DataFrame({"model": ["a"] * 5, "method": ["unidetox"] * 3 + ["dexperts", "lmsteer"],
+                          "lower_left": [True, True, False, False, False]})
+    assert sc.sensitivity_rows(three)[0]["this run shows"] == "lower-left share: UniDetox 67%, baselines 0%"
 
 
 def test_text_toxicity_rows_against_the_sum_of_stds():

@@ -384,6 +384,27 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
     return pd.DataFrame(claims)
 
 
+def power_table(prompts: pd.DataFrame, metrics: Sequence[str] = ("TP_ID", "TP_OOD", "TP_all"), *,
+                n_boot: int = stats.N_BOOT) -> pd.DataFrame:
+    """What this design can detect: per metric, the standard error of each variant's paired difference
+    from the base model (``stats.paired_difference``, one model's ``per_prompt_settings`` rows), its
+    median over the variants, and the smallest true difference a two-sided 5% test detects with 80%
+    power at that error (``stats.detectable_difference``, about 2.8 standard errors)."""
+    base = prompts.loc[prompts["method"] == "base", "label"].unique()
+    if len(base) != 1:
+        raise ValueError(f"prompts must hold exactly one base-model variant, found {len(base)}.")
+    rows = {label: part for label, part in prompts.groupby("label", sort=False)}
+    out = []
+    for metric in metrics:
+        errors = [stats.paired_difference(part, rows[base[0]], metric, n_boot=n_boot).se
+                  for label, part in rows.items() if label != base[0]]
+        se = float(np.median(errors))
+        out.append({"metric": HEADERS.get(metric, metric), "median standard error": se,
+                    "detectable difference (80% power)": stats.detectable_difference(se),
+                    "prompts": int(prompts["prompt_id"].nunique()), "seeds": int(prompts["seed"].nunique())})
+    return pd.DataFrame(out)
+
+
 def claims_beside(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """The verdicts of this run (``run_claims``) beside the paper's reading of its table
     (``check_claims``), one row per claim (outer join on the claim's text): ``claim``, ``paper

@@ -93,18 +93,25 @@ def replicate_rows(rep: pd.DataFrame | None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- chapter 08
-def sensitivity_rows(sens: pd.DataFrame | None) -> list[dict]:
+def sensitivity_rows(sens: pd.DataFrame | None, min_points: int = 3) -> list[dict]:
     """Figure 2's claim: UniDetox's grid points lie in the lower left of the perplexity-TP plane more
-    often than the baselines' (share of each method's points there, from ``sensitivity.csv``)."""
-    chapter = "08 sensitivity"
+    often than the baselines' (share of each method's points there, from ``sensitivity.csv``), read
+    only on models where UniDetox has at least ``min_points`` points; not testable where it has fewer."""
+    chapter, claim = "08 sensitivity", "UniDetox's grid points lie in the lower left more often than the baselines'"
     if sens is None or "lower_left" not in sens:
-        return [card_row("UniDetox's grid points lie in the lower left on every model", "Figure 2", "chapter not run yet",
-                         "inconclusive", chapter)]
-    share = sens.assign(is_unidetox=sens["method"].str.startswith(UNIDETOX.name)).groupby("is_unidetox")["lower_left"].mean()
+        return [card_row(claim, "Figure 2: clustered lower left", "chapter not run yet", "not testable here", chapter)]
+    is_unidetox = sens["method"].str.startswith(UNIDETOX.name)
+    if "model" in sens:
+        counts = sens[is_unidetox].groupby("model").size()
+        enough = counts.index[counts >= min_points]
+        sens, is_unidetox = sens[sens["model"].isin(enough)], is_unidetox[sens["model"].isin(enough)]
+        if sens.empty:
+            return [card_row(claim, "Figure 2: clustered lower left",
+                             f"UniDetox has fewer than {min_points} grid points on every model", "not testable here", chapter)]
+    share = sens.assign(is_unidetox=is_unidetox).groupby("is_unidetox")["lower_left"].mean()
     uni, other = share.get(True, math.nan), share.get(False, math.nan)
     measured = not (math.isnan(uni) or math.isnan(other))
-    return [card_row("UniDetox's grid points lie in the lower left more often than the baselines'",
-                     "Figure 2: clustered lower left", f"lower-left share: UniDetox {uni:.0%}, baselines {other:.0%}",
+    return [card_row(claim, "Figure 2: clustered lower left", f"lower-left share: UniDetox {uni:.0%}, baselines {other:.0%}",
                      stats.verdict((uni - other, uni - other), expect="higher") if measured else "not testable here", chapter)]
 
 

@@ -116,6 +116,10 @@ def regions_table(marked: pd.DataFrame, order, models) -> pd.DataFrame:
     })
 
 
+# The fewest grid points of a method on a model for a reading of where its points cluster.
+MIN_POINTS = 3
+
+
 def lower_left_shares(marked: pd.DataFrame, models) -> pd.DataFrame:
     """Per model (of ``models`` with points): UniDetox's grid points and how many lie in the lower left,
     the same for the per-model baselines together, both shares, and whether UniDetox has a majority
@@ -145,9 +149,17 @@ def reading1_text(shares: pd.DataFrame) -> str:
     lines = [f"{short_name(r.model)}: {r.unidetox_lower_left} of {r.unidetox_points} UniDetox points in the lower left "
              f"({r.unidetox_share:.0%}), against {r.baseline_lower_left} of {r.baseline_points} for {together} "
              f"together ({r.baseline_share:.0%})." for r in shares.itertuples()]
-    failing = shares.loc[~(shares["majority"] & shares["ahead"]), "model"]
-    verdict = ("holds in this run." if failing.empty
-               else "does not hold in this run on " + ", ".join(short_name(m) for m in failing) + ".")
+    testable = shares[shares["unidetox_points"] >= MIN_POINTS]
+    failing = testable.loc[~(testable["majority"] & testable["ahead"]), "model"]
+    few = shares.loc[shares["unidetox_points"] < MIN_POINTS, "model"]
+    if testable.empty:
+        verdict = (f"not testable here: UniDetox has fewer than {MIN_POINTS} grid points on every model, and a "
+                   "share of one or two points says nothing about where a method's points cluster.")
+    else:
+        verdict = ("holds in this run" if failing.empty
+                   else "does not hold in this run on " + ", ".join(short_name(m) for m in failing))
+        verdict += (f" (read only on {', '.join(short_name(m) for m in testable['model'])}: elsewhere UniDetox has "
+                    f"fewer than {MIN_POINTS} points)." if len(few) else ".")
     return "\n".join(lines + ["", "Reading 1 (UniDetox clusters in the lower left on every model, more than the "
                                   "per-model baselines): " + verdict])
 
