@@ -485,3 +485,23 @@ def test_worst_continuations_and_examples_by_hand():
     assert by_prompt.loc["p0"].tolist() == ["b1", 0.4, "t0", 0.7]
     assert by_prompt.loc["p1"].tolist() == ["b2", 0.2, "t3", 0.9]
     assert len(toxic_views.worst_examples(frames_pair(), n=1, seed=0)) == 1
+
+
+def test_sweep_table_frontier_and_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [dict(vocab_size=8000, d_model=192, n_layer=4, steps=480, cpu_seconds=600.0, heldout_news_bits_per_byte=2.10),
+            dict(vocab_size=8000, d_model=128, n_layer=4, steps=480, cpu_seconds=300.0, heldout_news_bits_per_byte=2.20),
+            dict(vocab_size=8000, d_model=128, n_layer=2, steps=480, cpu_seconds=200.0, heldout_news_bits_per_byte=2.30),
+            dict(vocab_size=4000, d_model=128, n_layer=4, steps=960, cpu_seconds=650.0, heldout_news_bits_per_byte=2.15)]
+    assert "No size sweep" in world_views.sweep_table(tmp_path).data
+    pd.DataFrame(rows).to_csv(tmp_path / "sweep.csv", index=False)
+    settings = {"vocab_size": 8000, "models": {"gpt2-bpe": {"d_model": 192, "n_layer": 4, "steps": 480}}}
+    table = world_views.sweep_table(tmp_path, settings)
+    assert table["cpu_seconds"].tolist() == [200.0, 300.0, 600.0, 650.0]
+    # 650 s buys 2.15, worse than 600 s's 2.10: off the frontier
+    assert table["on frontier"].tolist() == [True, True, True, False]
+    assert table["the world's setting"].tolist() == [False, False, True, False]
+    fig = world_views.plot_sweep(table)
+    assert len(fig.axes[0].texts) == 4

@@ -98,6 +98,42 @@ def calibration_view(out: Path):
     return calibration[[c for c in CALIBRATION_COLUMNS if c in calibration.columns]].round(3)
 
 
+def sweep_table(out: Path, settings: dict | None = None):
+    """The world-size sweep (``sweep.csv``, ``world/sweep.py``) with each configuration's place on the
+    frontier of held-out bits per byte against CPU-seconds, and the source model's present setting
+    marked; or a note that none was run (it is a separate command, like the mix calibration)."""
+    from ..world import sweep
+
+    path = Path(out) / "sweep.csv"
+    table = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if not len(table):
+        return Markdown("No size sweep was run for this profile (`python -m unidetox_core.world.sweep --profile mini`).")
+    best = sweep.frontier(table)
+    keys = ["vocab_size", "d_model", "n_layer", "steps"]
+    table["on frontier"] = table[keys].apply(tuple, axis=1).isin(set(best[keys].apply(tuple, axis=1)))
+    if settings is not None:
+        spec = settings["models"]["gpt2-bpe"]
+        now = (settings["vocab_size"], spec["d_model"], spec["n_layer"], spec["steps"])
+        table["the world's setting"] = table[keys].apply(tuple, axis=1) == now
+    return table.sort_values("cpu_seconds").reset_index(drop=True).round(3)
+
+
+def plot_sweep(table: pd.DataFrame):
+    """Held-out news bits per byte against CPU-seconds of training, one point per configuration,
+    labelled with its vocabulary, width, depth and steps; the frontier joined by a line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.scatterplot(data=table, x="cpu_seconds", y="heldout_news_bits_per_byte", hue="vocab_size", style="n_layer",
+                    s=70, ax=ax, palette="deep")
+    front = table[table["on frontier"]].sort_values("cpu_seconds")
+    ax.plot(front["cpu_seconds"], front["heldout_news_bits_per_byte"], color="grey", lw=1, ls="--", zorder=0)
+    for r in table.itertuples():
+        ax.annotate(f"d{r.d_model} x{r.n_layer}, {r.steps} st", (r.cpu_seconds, r.heldout_news_bits_per_byte),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(xlabel="CPU-seconds of training (one thread)", ylabel="held-out news, bits per byte")
+    fig.tight_layout()
+    return fig
+
+
 def read_mix(out: Path) -> pd.Series:
     """The one row of ``mix.csv``: the web text's mix and the source model's check."""
     return pd.read_csv(out / "mix.csv").iloc[0]
