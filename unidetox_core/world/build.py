@@ -247,7 +247,6 @@ def write_world_report(settings: dict, profile_values: dict, progress: bool = Tr
             prompts |= set(data.load_eval_prompts(profile_values, split)["text"])
     classifiers = classifier_report(settings, progress, exclude=prompts)
     write_csv_atomic(classifiers, out / "classifiers.csv")
-    write_csv_atomic(out / "baly2020_reported.csv")
     return out
 
 
