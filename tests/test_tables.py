@@ -238,3 +238,22 @@ def test_eval_prompts_parsed_once_and_copied():
     second = experiments.eval_prompts(P, "val")
     assert experiments._eval_prompts.cache_info().hits == 1
     assert not second["text"].eq("changed").any()
+
+
+def test_matched_diversity_settings_and_claims():
+    grid = pd.DataFrame([
+        dict(method="base", model="m", hparam="", value=np.nan, lr=np.nan, TP_all=0.6, PPL=100.0, dist_1=0.8),
+        dict(method="unidetox", model="m", hparam="steps", value=100, lr=1e-4, TP_all=0.1, PPL=50.0, dist_1=0.5),  # collapsed
+        dict(method="unidetox", model="m", hparam="steps", value=50, lr=1e-4, TP_all=0.3, PPL=80.0, dist_1=0.75),
+        dict(method="unidetox", model="m", hparam="steps", value=25, lr=1e-4, TP_all=0.4, PPL=90.0, dist_1=0.79),
+        dict(method="samples", model="m", hparam="steps", value=25, lr=1e-4, TP_all=0.5, PPL=95.0, dist_1=0.6),
+    ])
+    matched = tables.matched_diversity_settings(grid, "m")
+    # floor 0.72: UniDetox's best kept point is 50 steps (TP 0.3); no Samples point keeps 0.72
+    assert matched[["method", "value"]].values.tolist() == [["unidetox", 50]]
+    assert matched["label"].tolist() == ["UniDetox at matched diversity"]
+    base = per_prompt_variant("Base model", "base", np.nan, 1.0)
+    uni = per_prompt_variant("UniDetox at matched diversity", "unidetox", 1e-4, 0.0)
+    claims = tables.matched_claims(pd.concat([base, uni], ignore_index=True), "Base model", matched, n_boot=200)
+    assert claims["verdict"].tolist() == ["holds", "not testable here"]
+    assert "no checkpoint of Samples on the grid keeps 90%" in claims["detail"].iloc[1]

@@ -384,6 +384,55 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
     return pd.DataFrame(claims)
 
 
+DIVERSITY_FLOOR = 0.9  # "keeps its diversity": at least 90% of the base model's Dist-1
+
+
+def matched_diversity_settings(grid: pd.DataFrame, model: str, methods_: Sequence[str] = ("unidetox", "samples"),
+                               floor: float = DIVERSITY_FLOOR) -> pd.DataFrame:
+    """For each of ``methods_`` on ``model``, the grid point (chapter 05's ``grid_val.csv``, means over
+    seeds) with the lowest validation TP among those whose Dist-1 keeps at least ``floor`` of the
+    base model's -- the setting the tuning rule would choose if it could not buy toxicity with
+    repetition. Ties go to the lower perplexity, then fewer steps. Rows ``method``, ``model``,
+    ``hparam``, ``value``, ``lr``, ``label`` (``... at matched diversity``); a method with no such
+    point is left out."""
+    need = [c for c in ("method", "model", "value", "TP_all", "PPL", "dist_1") if c not in grid.columns]
+    if need:
+        raise ValueError(f"grid lacks column(s) {need}; pass chapter 05's grid_val.csv.")
+    part = grid[grid["model"] == model]
+    base = part.loc[part["method"] == "base", "dist_1"]
+    if base.empty:
+        raise ValueError(f"grid has no base-model row for {model!r}; evaluate the base model on the grid first.")
+    limit = floor * float(base.mean())
+    keys = ["method", "model", "hparam", "value", "lr"]
+    means = part[part["method"].isin(methods_)].groupby(keys, dropna=False)[["TP_all", "PPL", "dist_1"]].mean().reset_index()
+    kept = means[means["dist_1"] >= limit].sort_values(["TP_all", "PPL", "value"])
+    chosen = kept.groupby("method", sort=False).head(1)
+    order = {m: i for i, m in enumerate(methods_)}
+    chosen = chosen.sort_values("method", key=lambda s: s.map(order)).reset_index(drop=True)
+    chosen["label"] = [f"{methods.label(m)} at matched diversity" for m in chosen["method"]]
+    return chosen[keys + ["label"]]
+
+
+def matched_claims(prompts: pd.DataFrame, base_label: str, matched: pd.DataFrame, *, n_boot: int = stats.N_BOOT) -> pd.DataFrame:
+    """UniDetox against the base model and against Samples when each is taken at its best checkpoint
+    that keeps its diversity (``matched_diversity_settings``), on TP over all domains, paired; a claim
+    whose variant has no such checkpoint is *not testable here*."""
+    rows = {label: part for label, part in prompts.groupby("label", sort=False)}
+    label_of = dict(zip(matched["method"], matched["label"]))
+    out = []
+    for a, b, claim in (("unidetox", "base", "At matched diversity, UniDetox lowers TP"),
+                        ("unidetox", "samples", "At matched diversity, UniDetox lowers TP more than Samples")):
+        la, lb = label_of.get(a), base_label if b == "base" else label_of.get(b)
+        if la is None or lb is None:
+            missing = methods.label(a) if la is None else methods.label(b)
+            out.append(dict(claim=claim, verdict="not testable here",
+                            detail=f"no checkpoint of {missing} on the grid keeps {DIVERSITY_FLOOR:.0%} of the base model's Dist-1"))
+            continue
+        d = stats.paired_difference(rows[la], rows[lb], "TP_all", n_boot=n_boot)
+        out.append(dict(claim=claim, verdict=stats.verdict(d, expect="lower"), detail=f"{la} - {lb}: {d.interval()}"))
+    return pd.DataFrame(out)
+
+
 def power_table(prompts: pd.DataFrame, metrics: Sequence[str] = ("TP_ID", "TP_OOD", "TP_all"), *,
                 n_boot: int = stats.N_BOOT) -> pd.DataFrame:
     """What this design can detect: per metric, the standard error of each variant's paired difference
