@@ -240,3 +240,28 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_gpt2_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="gradient_checkpointing='yes'"):
         finetune.finetune(model, tok, ["a"], lr=1e-3, batch_size=1, steps=1, gradient_checkpointing="yes")
+
+
+def test_pure_bf16_weights_are_refused_and_small_updates_survive_autocast(tiny_gpt2_path, texts):
+    """AdamW on bf16 weights rounds small updates away; the book trains float32 masters, with bf16
+    autocast where it helps, and then (nearly) every weight moves at the paper's lr 1e-5."""
+    kw = dict(lr=1e-5, batch_size=4, steps=3, max_length=32, progress=False)
+    model, tok = fresh(tiny_gpt2_path)
+    with pytest.raises(ValueError, match="not float32"):
+        finetune.finetune(model.to(torch.bfloat16), tok, texts, **kw)
+
+    def moved_share(bf16):
+        model, tok = fresh(tiny_gpt2_path)
+        before = [p.detach().clone() for p in model.parameters()]
+        finetune.finetune(model, tok, texts, bf16=bf16, **kw)
+        changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+        return changed / sum(b.numel() for b in before)
+
+    plain, autocast = moved_share(False), moved_share(True)
+    assert plain > 0.9 and abs(autocast - plain) < 0.05
+    # what the refused route would have done: the same updates applied to bf16 copies of the weights
+    model, _ = fresh(tiny_gpt2_path)
+    weights = [p.detach().to(torch.bfloat16) for p in model.parameters()]
+    nudged = [(w.float() + 1e-5 * torch.sign(torch.randn_like(w.float()))).to(torch.bfloat16) for w in weights]
+    lost = sum(int((n == w).sum()) for n, w in zip(nudged, weights)) / sum(w.numel() for w in weights)
+    assert lost > 0.5  # most steps of 1e-5 vanish in bf16's rounding

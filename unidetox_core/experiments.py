@@ -82,7 +82,7 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
     if (final / "config.json").exists():
         return final
     with _timed(P, "toxic", name, config, folder) as record:
-        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto",
+        model, tokenizer = models.load_model(base, dtype="float32",
                                              device_map=P["device_map"] or None)
         texts = toxic_texts(P)
         if P["toxic_max_texts"]:
@@ -152,8 +152,11 @@ def _distillation(P: dict, kind: str, alpha, seed: int, top_k, progress: bool = 
     if P["eval_threads"]:  # only when set, so the keys of texts sampled with torch's default stay as they were
         config["threads"] = P["eval_threads"]
     out_csv = _stage_dir(P, "distilled", kind, config) / "texts.csv"
+    # float32 weights: Eq. 1 is a small difference of two large log-probabilities, which bf16 weights
+    # and logits would quantise (errors of 0.1-0.5 nats on GPT-2's logits).
     kwargs = dict(n_texts=P["distill_n_texts"], max_new_tokens=P["distill_max_new_tokens"], seed=seed, top_k=top_k,
-                  batch_size=P["distill_batch_size"], temperature=P["distill_temperature"], progress=progress)
+                  batch_size=P["distill_batch_size"], temperature=P["distill_temperature"], progress=progress,
+                  dtype="float32")
     if kind == "unidetox":
         kwargs["alpha"] = alpha
     else:
@@ -218,7 +221,7 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     if all((p / "config.json").exists() for p in paths.values()):
         return paths
     with _timed(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config, folder) as record:
-        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto",
+        model, tokenizer = models.load_model(base, dtype="float32",
                                              device_map=P["device_map"] or None)
         history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                                     steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
@@ -541,7 +544,7 @@ def steering_matrix(P: dict, name: str, progress: bool = True) -> Path:
     if out.exists():
         return out
     with _timed(P, "lmsteer", name, config, out.parent) as record:
-        model, tokenizer = models.load_model(base, dtype="float32" if _cpu() else "auto", param="model")
+        model, tokenizer = models.load_model(base, dtype="float32", param="model")
         texts = toxic_texts(P)
         if P["toxic_max_texts"]:
             texts = texts[: P["toxic_max_texts"]]

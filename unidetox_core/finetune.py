@@ -245,6 +245,7 @@ def finetune(
     ``tokens`` (real tokens seen), ``tokens_per_s``, ``wall_time_s``, ``checkpoints``,
     ``resumed_from``, ``bf16`` and ``settings``.
     """
+    check_float32_masters(model)
     texts = list(texts)
     save_steps = sorted(set(int(s) for s in save_steps))
     total_steps = _check_finetune_args(texts, lr, batch_size, steps, epochs, max_length, save_steps,
@@ -305,6 +306,18 @@ def finetune(
             if checkpointing:  # generation after fine-tuning wants the KV cache back
                 model.gradient_checkpointing_disable()
     return _finish(history)
+
+
+def check_float32_masters(model) -> None:
+    """Refuse to train a model whose trainable weights are not float32: AdamW on bf16 weights rounds
+    every update to bf16's 8 bits of mantissa, so at the paper's learning rates (1e-5) most weights
+    never move. Load the model in float32 (``models.load_model(..., dtype="float32")``); bf16
+    *autocast* (``bf16=``) still runs the matrix products in bf16, with float32 master weights and
+    optimizer state."""
+    wrong = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if wrong:
+        raise ValueError(f"the model's trainable weights are {', '.join(wrong)}, not float32: AdamW would lose small "
+                         "updates to rounding. Load it with dtype='float32' (bf16 autocast stays on where it helps).")
 
 
 def training_steps(model, optimizer, sequences: list[list[int]], *, batch_size: int, seed: int, pad_id: int,
