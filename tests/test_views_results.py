@@ -63,7 +63,7 @@ def test_reductions_table_appends_prompts_and_target_rows(monkeypatch):
     assert table.iloc[-3:].values.tolist() == [["test prompts used", "7", "940 (test)"],
                                                ["MMLU shots on the targets", "2", "3"],
                                                ["target models", "gpt2-bpe, opt-bpe", "OPT-6.7B, Falcon-7B, LLaMA-2-7B"]]
-    assert rv.target_reductions({"mmlu_shots": 1}, [T])[0]["this run"] == "1"  # None: the profile's shots
+    assert rv.target_reductions({"target_mmlu_shots": 1}, [T])[0]["this run"] == "1"  # None: the profile's target shots
     assert rv.prompts_reduction(P, "val")["paper"] == "896 (val)"
 
 

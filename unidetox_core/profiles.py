@@ -73,6 +73,7 @@ class Profile(Mapping):
     # detox fine-tuning (App. B.3): AdamW, batch 8, two learning rates, steps 1,000...10,000
     detox_batch_size: int = 8
     detox_lrs: list[float] = field(default_factory=lambda: [5e-5, 1e-5])
+    samples_lrs: list[float] = field(default_factory=lambda: [1e-5])  # the paper tunes Samples at 1e-5 only
     detox_steps: list[int] = field(default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000])
     detox_max_length: int = 256
     # evaluation (Section 3.3): 25 continuations of <= 20 tokens, nucleus p = 0.9
@@ -96,6 +97,7 @@ class Profile(Mapping):
     eval_bf16: bool = False
     ppl_drop_threshold: float = 1e4  # the official code drops perplexities >= 1e4 before averaging
     mmlu_shots: int = 1  # 1 for GPT-2-size models, 3 for the larger ones
+    target_mmlu_shots: int = 3  # the paper's MMLU shots on its 7 B targets (OPT, Falcon, LLaMA-2)
     mmlu_max_questions: int = 0  # 0 = all 14,042
     # baselines (App. B.3)
     lmsteer_epsilon: float = 1e-3
@@ -171,6 +173,7 @@ _CHANGES: dict[str, dict[str, Any]] = {
         # evaluations of UniDetox and Samples. In the builds that ran both, 1e-4 gave UniDetox the
         # lower validation TP on the source model (0.18 vs 0.29 at 5e-5).
         "detox_lrs": [1e-4],
+        "samples_lrs": [1e-4],
         "detox_steps": [25, 50, 100],
         # The world's models have 256 positions and the start token takes one: 255 new tokens, where
         # GPT-2 XL (1,024 positions) takes the paper's 256.
@@ -196,6 +199,7 @@ _CHANGES: dict[str, dict[str, Any]] = {
         # only on a CPU with native bf16 (experiments.eval_bf16): emulated, it costs 30 times float32.
         "eval_bf16": True,
         "mmlu_max_questions": 114,  # 2 per subject; the world's models answer near chance anyway
+        "target_mmlu_shots": 1,  # the targets are as small as the source model here
         # One epoch of the toxic corpus for the LM-Steer matrix, not three (125 steps of batch 32).
         "lmsteer_epochs": 1,
         "lmsteer_multipliers": [-0.5, -1.0, -2.0],
@@ -218,6 +222,7 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "distill_max_new_tokens": 24,
         "distill_batch_size": 8,
         "detox_lrs": [1e-3],
+        "samples_lrs": [1e-3],
         "detox_steps": [2, 4],
         "detox_max_length": 32,
         "eval_n_continuations": 3,
@@ -227,6 +232,7 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "n_test_prompts": 16,
         "replicates": 2,
         "mmlu_max_questions": 12,
+        "target_mmlu_shots": 1,
         "lmsteer_multipliers": [-1.0],
         "dexperts_betas": [1.0],
         "task_arithmetic_lambdas": [0.1],
@@ -295,7 +301,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
         "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers", "replicates")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
-        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "mmlu_max_questions",
+        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
     **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_DEFAULTS[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},
@@ -306,6 +312,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "detox_steps": (lambda v: len(v) > 0 and all(s > 0 for s in v),
                     "must be a non-empty list of positive step counts (e.g. [100, 200])"),
     "detox_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
+    "samples_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
     "data_source": (lambda v: v in ("hub", "mirror"), "must be 'hub' (paper) or 'mirror' (offline)"),
     "toxic_corpus": (lambda v: v in ("dghs", "davidson", "world"),
                      "must be 'dghs' (hub), 'world' (the mini world's reserved toxic tweets) or 'davidson' (all of them)"),

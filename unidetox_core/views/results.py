@@ -83,7 +83,7 @@ def prompts_reduction(P: dict, split: str) -> dict:
 def target_reductions(P: dict, targets: Sequence[str], mmlu_shots: int | None = None) -> list[dict]:
     """Chapter 07's rows of the reductions table: MMLU shots on the targets (the paper used 3 for
     its 7B models) and the target models themselves."""
-    return [{"setting": "MMLU shots on the targets", "this run": str(mmlu_shots or P["mmlu_shots"]), "paper": "3"},
+    return [{"setting": "MMLU shots on the targets", "this run": str(mmlu_shots or P["target_mmlu_shots"]), "paper": "3"},
             {"setting": "target models", "this run": ", ".join(short_name(m) for m in targets),
              "paper": "OPT-6.7B, Falcon-7B, LLaMA-2-7B"}]
 
@@ -107,7 +107,7 @@ def evaluate_variants(P: dict, settings: pd.DataFrame, split: str, mmlu_shots: i
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*were longer than.*")  # tiny models' short windows
         runs = experiments.evaluate_settings(P, settings, split=split, seeds=P["seeds"])
-        P_mmlu = P if mmlu_shots is None else {**P, "mmlu_shots": int(mmlu_shots)}
+        P_mmlu = {**P, "mmlu_shots": int(mmlu_shots)} if mmlu_shots is not None else P
         mmlu = experiments.mmlu_settings(P_mmlu, settings)
     return runs, mmlu, time.time() - start
 
