@@ -191,3 +191,11 @@ def test_unpaired_difference():
     assert d.low < d.diff < d.high
     with pytest.raises(ValueError, match="at least 2"):
         stats.unpaired_difference([1.0], y)
+
+
+def test_unpaired_difference_of_a_statistic_of_labels():
+    gap = lambda labels: 100 * abs(np.mean(labels == "left") - np.mean(labels == "right"))
+    x = np.array(["left", "right", "center", "left"])  # gap 25
+    y = np.array(["left", "left", "left", "center"])  # gap 75
+    d = stats.unpaired_difference(x, y, statistic=gap, n_boot=300)
+    assert (d.a, d.b, d.diff) == (25.0, 75.0, -50.0) and d.low <= d.diff <= d.high

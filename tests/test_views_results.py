@@ -528,3 +528,18 @@ def test_controls_rows_read_chapter_04s_claims():
 def test_verdict_counts():
     card = pd.DataFrame({"verdict": ["holds", "inconclusive", "holds"]})
     assert sc.verdict_counts(card).values.tolist() == [["holds", 2], ["inconclusive", 1]]
+
+
+def test_text_rows_bootstrap_over_texts_when_per_text_values_are_kept():
+    tox = pd.DataFrame({"kind": ["unidetox", "samples"], "role": ["main", "main"], "mean_score": [0.0, 0.0],
+                        "mean_score_std": [0.0, 0.0], "scorer": ["tox", "tox"]})
+    scores = pd.DataFrame({"kind": ["unidetox"] * 50 + ["samples"] * 50, "role": "main",
+                           "score": [0.01] * 50 + [0.2] * 50})
+    [row] = sc.text_toxicity_rows(tox, scores)
+    assert row["verdict"] == "holds" and row["this run shows"].startswith("mean score 0.010 vs 0.200 (tox), difference -0.190")
+    lean = pd.DataFrame({"kind": ["unidetox", "samples"], "left_mean": [0, 0], "right_mean": [0, 0],
+                         "left_std": [0, 0], "right_std": [0, 0]})
+    labels = pd.DataFrame({"kind": ["unidetox"] * 40 + ["samples"] * 40,
+                           "leaning": ["left", "right"] * 20 + ["left"] * 36 + ["center"] * 4})
+    [row] = sc.text_leaning_rows(lean, labels)
+    assert row["verdict"] == "holds" and row["this run shows"].startswith("left-right gap 0.0 vs 90.0 points")

@@ -315,19 +315,24 @@ def value(rows: pd.DataFrame, metric_name: str | Metric) -> float:
     return float(_statistic(_arrays(rows, m, prompts, seeds), np.ones((1, len(prompts))))[0])
 
 
-def unpaired_difference(x: Sequence[float], y: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0,
-                        name: str = "mean") -> Difference:
-    """``mean(x) - mean(y)`` of two independent samples (e.g. a score per text of two text sets),
-    with the 95% interval of a bootstrap that resamples each sample within itself."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+def unpaired_difference(x: Sequence, y: Sequence, *, n_boot: int = N_BOOT, seed: int = 0, name: str = "mean",
+                        statistic=None) -> Difference:
+    """``statistic(x) - statistic(y)`` of two independent samples (e.g. a score per text of two text
+    sets; ``statistic`` defaults to the mean), with the 95% interval of a bootstrap that resamples
+    each sample within itself. Values may be labels when ``statistic`` reads labels."""
+    statistic = statistic or np.mean
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind == "f":
+        x = x[~np.isnan(x)]
+    if y.dtype.kind == "f":
+        y = y[~np.isnan(y)]
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"x and y need at least 2 values each (got {len(x)} and {len(y)}).")
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot} is too few for a 95% interval; use at least 100 (the book uses {N_BOOT}).")
     rng = np.random.default_rng(seed)
-    draws = (x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-             - y[rng.integers(0, len(y), size=(n_boot, len(y)))].mean(axis=1))
+    ix, iy = rng.integers(0, len(x), size=(n_boot, len(x))), rng.integers(0, len(y), size=(n_boot, len(y)))
+    draws = np.array([float(statistic(x[i])) - float(statistic(y[j])) for i, j in zip(ix, iy)])
     low, high = np.percentile(draws, [2.5, 97.5])
-    return Difference(name, float(x.mean()), float(y.mean()), float(x.mean() - y.mean()), float(low), float(high),
-                      float(draws.std(ddof=1)), len(x) + len(y), 1)
+    a, b = float(statistic(x)), float(statistic(y))
+    return Difference(name, a, b, a - b, float(low), float(high), float(draws.std(ddof=1)), len(x) + len(y), 1)

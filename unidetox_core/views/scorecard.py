@@ -116,39 +116,57 @@ def sensitivity_rows(sens: pd.DataFrame | None, min_points: int = 3) -> list[dic
 
 
 # ----------------------------------------------------------------------------- chapter 09
-def text_toxicity_rows(tox: pd.DataFrame | None) -> list[dict]:
-    """Table 3: the distilled text is less toxic than plain samples (main scorer's mean score, beyond
-    the sum of the two seed-to-seed stds). No row until both sets were scored."""
+def text_toxicity_rows(tox: pd.DataFrame | None, scores: pd.DataFrame | None = None) -> list[dict]:
+    """Table 3: the distilled text is less toxic than plain samples (main scorer's mean score). With
+    the per-text scores (``detox_text_scores.csv``) the interval is a bootstrap over texts, the texts
+    of every distillation seed pooled (each is an independent draw of the same model); without them,
+    the difference ± the sum of the seed-to-seed stds. No row until both sets were scored."""
     if tox is None:
         return []
     main = tox[(tox["role"] == "main") & tox["kind"].isin([UNIDETOX.text, SAMPLES.text])].set_index("kind")
     if not _both(main.index):
         return []
     u, s = main.loc[UNIDETOX.text], main.loc[SAMPLES.text]
+    claim, paper = "Distilled text is less toxic than plain samples", "Detoxify 0.003 vs 0.008 (Table 3)"
+    if scores is not None:
+        per_text = scores[scores["role"] == "main"]
+        d = stats.unpaired_difference(per_text.loc[per_text["kind"] == UNIDETOX.text, "score"],
+                                      per_text.loc[per_text["kind"] == SAMPLES.text, "score"])
+        return [card_row(claim, paper, f"mean score {d.a:.3f} vs {d.b:.3f} ({u['scorer']}), difference {d.interval(3)} "
+                         f"(bootstrap over texts)", stats.verdict(d, expect="lower"), TEXT_CHAPTER)]
     spread = _nan_to_zero(u["mean_score_std"]) + _nan_to_zero(s["mean_score_std"])
     diff = s["mean_score"] - u["mean_score"]
-    return [card_row("Distilled text is less toxic than plain samples", "Detoxify 0.003 vs 0.008 (Table 3)",
-                     f"mean score {u['mean_score']:.3f} vs {s['mean_score']:.3f} ({u['scorer']}; interval: the difference "
-                     f"± the sum of the seed stds, {spread:.3f})",
-                     spread_verdict(diff, spread, "higher"), TEXT_CHAPTER)]
+    return [card_row(claim, paper, f"mean score {u['mean_score']:.3f} vs {s['mean_score']:.3f} ({u['scorer']}; interval: "
+                     f"the difference ± the sum of the seed stds, {spread:.3f})", spread_verdict(diff, spread, "higher"),
+                     TEXT_CHAPTER)]
 
 
-def text_leaning_rows(lean: pd.DataFrame | None) -> list[dict]:
-    """Table 3: the distilled text is more politically balanced than plain samples (smaller
-    left-right gap, beyond the seed spread of the two gaps). No row until both sets were classified."""
+def _leaning_gap(labels) -> float:
+    return 100 * abs(float((labels == "left").mean()) - float((labels == "right").mean()))
+
+
+def text_leaning_rows(lean: pd.DataFrame | None, labels: pd.DataFrame | None = None) -> list[dict]:
+    """Table 3: the distilled text is more politically balanced than plain samples (smaller left-right
+    gap). With each text's leaning (``detox_text_leaning_texts.csv``) the interval is a bootstrap over
+    texts; without it, the gap difference ± the seed spread of the two gaps. No row until both sets
+    were classified."""
     if lean is None:
         return []
     lean = lean[lean["kind"].isin([UNIDETOX.text, SAMPLES.text])].set_index("kind")
     if not _both(lean.index):
         return []
+    claim, paper = "Distilled text is more politically balanced than plain samples", "left-right gap 14.4 vs 27.5 points (Table 3)"
+    if labels is not None:
+        d = stats.unpaired_difference(labels.loc[labels["kind"] == UNIDETOX.text, "leaning"].to_numpy(),
+                                      labels.loc[labels["kind"] == SAMPLES.text, "leaning"].to_numpy(), statistic=_leaning_gap)
+        return [card_row(claim, paper, f"left-right gap {d.a:.1f} vs {d.b:.1f} points, difference {d.interval(1)} "
+                         "(bootstrap over texts)", stats.verdict(d, expect="lower"), TEXT_CHAPTER)]
     gap = (lean["left_mean"] - lean["right_mean"]).abs()
     # Spread of each gap over the distillation seeds (treating left and right as independent).
     gap_std = (lean["left_std"].fillna(0) ** 2 + lean["right_std"].fillna(0) ** 2) ** 0.5
     spread = gap_std[UNIDETOX.text] + gap_std[SAMPLES.text]
     u, s = gap[UNIDETOX.text], gap[SAMPLES.text]
-    return [card_row("Distilled text is more politically balanced than plain samples",
-                     "left-right gap 14.4 vs 27.5 points (Table 3)",
-                     f"left-right gap {u:.1f} vs {s:.1f} points (seed spread {spread:.1f})",
+    return [card_row(claim, paper, f"left-right gap {u:.1f} vs {s:.1f} points (seed spread {spread:.1f})",
                      spread_verdict(u - s, spread, "lower"), TEXT_CHAPTER)]
 
 

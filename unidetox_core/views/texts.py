@@ -201,6 +201,15 @@ def leaning_summary(texts: TextSets, names: Mapping[str, str], bias_scorer) -> p
     return leaning
 
 
+def leaning_labels(texts: TextSets, names: Mapping[str, str], bias_scorer) -> pd.DataFrame:
+    """Each text's most probable leaning (``kind``, ``text set``, ``seed``, ``leaning``): what the
+    scorecard bootstraps over texts. What ``detox_text_leaning_texts.csv`` holds."""
+    frames = [pd.DataFrame({"kind": kind, "text set": names[kind], "seed": seed,
+                            "leaning": np.array(LEANINGS)[np.asarray(bias_scorer(t), dtype=float).argmax(axis=1)]})
+              for (kind, seed), t in texts.items() if len(t)]
+    return pd.concat(frames, ignore_index=True)
+
+
 def allsides_reference(P: dict, bias_scorer) -> tuple[list[dict], str | None]:
     """The instrument's own check: the true leaning shares of the held-out AllSides test articles
     and ``bias_scorer``'s reading of the same articles (title and text, cut where the classifier
