@@ -543,3 +543,17 @@ def test_text_rows_bootstrap_over_texts_when_per_text_values_are_kept():
                            "leaning": ["left", "right"] * 20 + ["left"] * 36 + ["center"] * 4})
     [row] = sc.text_leaning_rows(lean, labels)
     assert row["verdict"] == "holds" and row["this run shows"].startswith("left-right gap 0.0 vs 90.0 points")
+
+
+def test_perplexity_caveat_reads_the_evaluator_margin(tmp_path):
+    P = {"results_dir": str(tmp_path)}
+    assert rv.perplexity_caveat(P) is None  # no world: nothing to say
+    (tmp_path / "world").mkdir()
+    models = pd.DataFrame({"model": ["gpt2-bpe", "opt-bpe", "evaluator"], "heldout_news_bits_per_byte": [2.16, 2.10, 2.00]})
+    models.to_csv(tmp_path / "world" / "models.csv", index=False)
+    assert rv.perplexity_caveat(P) == "the evaluator is only 0.10 bits per byte better than the models it scores"
+    models.assign(heldout_news_bits_per_byte=[2.16, 2.10, 1.80]).to_csv(tmp_path / "world" / "models.csv", index=False)
+    assert rv.perplexity_caveat(P) is None
+    prompts = claims_prompts(S, 0)
+    ours = rv.claims_by_model(prompts, perplexity_untestable="weak evaluator")["gpt2-bpe"]
+    assert ours.loc["UniDetox keeps perplexity at or below the base model's", "verdict"] == "not testable here"

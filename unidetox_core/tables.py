@@ -314,7 +314,8 @@ def check_claims(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(claims)
 
 
-def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int = 0) -> pd.DataFrame:
+def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int = 0,
+               perplexity_untestable: str | None = None) -> pd.DataFrame:
     """The paper's claims (Section 3.5) on this run's per-prompt results of one model, each decided
     by ``stats.verdict`` on a paired bootstrap interval (``stats.paired_difference``).
 
@@ -324,7 +325,8 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
     ``PPL_MARGIN`` of the base model's (the paper's own 1.1x tuning ceiling) and still count as
     kept; a pre-prompt "does not lower TP" when TP falls by less than ``TP_MARGIN``. Perplexity is
     not testable at a learning rate whose Dist-1 fell below 80% of the base model's: repetitive
-    text is easy for the evaluator, so a low perplexity there is not fluency.
+    text is easy for the evaluator, so a low perplexity there is not fluency; and not anywhere when
+    ``perplexity_untestable`` gives a reason (an evaluator hardly stronger than the models it scores).
     Returns ``claim``, ``verdict``, ``detail`` (each part's difference and 95% interval).
     """
     missing = [c for c in ("method", "label", "lr", "prompt_id", "seed", "domain") if c not in prompts.columns]
@@ -371,8 +373,9 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
     collapsed = {u: value(u, "dist_1") < 0.8 * value(base, "dist_1") for u in unidetox}
     claims.append(claim("UniDetox keeps perplexity at or below the base model's",
                         [compare(u, base, "PPL", "lower", PPL_MARGIN * value(base, "PPL"),
-                                 not_testable=f"Dist-1 at {value(u, 'dist_1') / value(base, 'dist_1'):.0%} of the base model's"
-                                 if collapsed[u] else None) for u in unidetox]))
+                                 not_testable=perplexity_untestable
+                                 or (f"Dist-1 at {value(u, 'dist_1') / value(base, 'dist_1'):.0%} of the base model's"
+                                     if collapsed[u] else None)) for u in unidetox]))
     claims.append(claim("UniDetox keeps at least 80% of the base model's Dist-1", dist_kept.values()))
     for label in preprompts:
         claims.append(claim(f"{label} does not lower TP ID", [compare(label, base, "TP_ID", "higher", -TP_MARGIN)]))

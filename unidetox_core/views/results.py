@@ -184,10 +184,33 @@ def scorer_agreement_by_model_lines(summary: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- claims per model
-def claims_by_model(prompts: pd.DataFrame, name=short_name) -> dict[str, pd.DataFrame]:
+# The evaluator must beat the models it scores by this many bits per byte on held-out text for its
+# perplexities to rank their fluency (the evidence issue's bar).
+EVALUATOR_MARGIN_BITS = 0.2
+
+
+def perplexity_caveat(P: dict) -> str | None:
+    """Why perplexity claims are not testable on this profile, or None: on a miniature world whose
+    evaluator is less than ``EVALUATOR_MARGIN_BITS`` bits per byte better on held-out news than the
+    best model it scores (from ``results/<profile>/world/models.csv``)."""
+    path = Path(P["results_dir"]) / "world" / "models.csv"
+    if not path.exists():
+        return None
+    models = pd.read_csv(path).set_index("model")
+    if "evaluator" not in models.index:
+        return None
+    bits = models["heldout_news_bits_per_byte"]
+    margin = float(bits.drop(index="evaluator").min() - bits["evaluator"])
+    if margin >= EVALUATOR_MARGIN_BITS:
+        return None
+    return f"the evaluator is only {margin:.2f} bits per byte better than the models it scores"
+
+
+def claims_by_model(prompts: pd.DataFrame, name=short_name, perplexity_untestable: str | None = None) -> dict[str, pd.DataFrame]:
     """``tables.run_claims`` on each model's per-prompt rows (``experiments.per_prompt_settings``),
-    indexed by claim, under the model's ``name``."""
-    return {name(model): tables.run_claims(part).set_index("claim") for model, part in prompts.groupby("model", sort=False)}
+    indexed by claim, under the model's ``name`` (``perplexity_untestable``: ``perplexity_caveat``)."""
+    return {name(model): tables.run_claims(part, perplexity_untestable=perplexity_untestable).set_index("claim")
+            for model, part in prompts.groupby("model", sort=False)}
 
 
 def paper_claims_by_model(paper_summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
