@@ -557,3 +557,14 @@ def test_perplexity_caveat_reads_the_evaluator_margin(tmp_path):
     prompts = claims_prompts(S, 0)
     ours = rv.claims_by_model(prompts, perplexity_untestable="weak evaluator")["gpt2-bpe"]
     assert ours.loc["UniDetox keeps perplexity at or below the base model's", "verdict"] == "not testable here"
+
+
+def test_jaccard_difference_bootstraps_texts_and_the_scorecard_reads_it():
+    texts = {("unidetox", 0): ["a b", "a a"], ("unidetox", 1): ["b a"], ("samples", 0): ["c d", "c x"], ("samples", 1): ["d c"]}
+    diff = tv.jaccard_difference(texts, ["c d e"], n_words=2, n_boot=100)
+    # UniDetox's words {a, b} share nothing with {c, d, e}; Samples' two words are both toxic words
+    assert diff["a"].iloc[0] == 0.0 and diff["b"].iloc[0] > 0 and diff["high"].iloc[0] < 0
+    jac = pd.DataFrame({"kind": ["unidetox", "samples"], "matched_jaccard_percent": [0.0, 50.0], "jaccard_percent": [0, 40],
+                        "containment_percent": [0, 100]})
+    [row] = sc.text_jaccard_rows(jac, diff)
+    assert row["verdict"] == "holds" and "(bootstrap over texts); unmatched 0.00% vs 40.00%" in row["this run shows"]

@@ -313,6 +313,26 @@ def jaccard_per_set(texts: TextSets, names: Mapping[str, str], toxic_texts: Sequ
     return pd.DataFrame(rows)
 
 
+def jaccard_difference(texts: TextSets, toxic_texts: Sequence[str], n_words: int, n_boot: int = 400) -> pd.DataFrame:
+    """UniDetox's Jaccard similarity with the toxic corpus at matched size minus Samples', with a
+    bootstrap over texts (the texts of every distillation seed pooled: each is an independent draw of
+    the same model; 400 draws, since each recomputes two vocabularies): one row, ``stats.Difference``'s
+    fields in percent."""
+    from .. import stats
+
+    toxic_vocab = analysis.unique_words(toxic_texts)
+
+    def matched_jaccard(sample) -> float:
+        words = analysis.unique_words(analysis.word_prefix(list(sample), n_words))
+        union = words | toxic_vocab
+        return 100 * len(words & toxic_vocab) / len(union) if union else 0.0
+
+    pooled = {kind: [t for (k, _), ts in texts.items() if k == kind for t in ts] for kind in (UNIDETOX.text, SAMPLES.text)}
+    d = stats.unpaired_difference(np.array(pooled[UNIDETOX.text], dtype=object), np.array(pooled[SAMPLES.text], dtype=object),
+                                  statistic=matched_jaccard, n_boot=n_boot, name="matched Jaccard (%)")
+    return pd.DataFrame([{**d.__dict__, "matched_words": n_words}])
+
+
 def jaccard_summary(jaccard: pd.DataFrame) -> pd.DataFrame:
     """Per set: mean vocabulary sizes, Jaccard similarity (%), containment (%) and Jaccard at matched
     size (%) over seeds, the Jaccard's population std (NaN for a single seed) and the number of seeds."""
