@@ -199,3 +199,12 @@ def test_unpaired_difference_of_a_statistic_of_labels():
     y = np.array(["left", "left", "left", "center"])  # gap 75
     d = stats.unpaired_difference(x, y, statistic=gap, n_boot=300)
     assert (d.a, d.b, d.diff) == (25.0, 75.0, -50.0) and d.low <= d.diff <= d.high
+
+
+def test_a_signed_contrast_of_two_categories():
+    rows = pd.DataFrame(dict(prompt_id=range(4), seed=0, domain=["religion", "religion", "news", "news"],
+                             nll=[4.0, 6.0, 2.0, 2.0], tokens=[2.0, 2.0, 1.0, 1.0]))
+    m = stats.Metric("gap", "nll", "tokens", domains=("religion", "news"), signs=(1.0, -1.0))
+    assert stats.value(rows, m) == pytest.approx(10 / 4 - 4 / 2)  # per-token NLL of religion minus news
+    with pytest.raises(ValueError, match="one sign per domain"):
+        stats.value(rows, stats.Metric("bad", "nll", "tokens", domains=("religion", "news"), signs=(1.0,)))

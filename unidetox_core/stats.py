@@ -91,6 +91,9 @@ class Metric:
     numerator: str
     denominator: str | None = None
     domains: tuple[str, ...] | None = None  # None: pooled; () : every category present, equally weighted
+    # With ``signs`` (one per domain), the categories' values are combined as a signed sum instead of a
+    # mean: ``signs=(1, -1)`` over ``domains=("religion", "news")`` is religion's value minus news's.
+    signs: tuple[float, ...] | None = None
 
 
 def _toxicity_metrics() -> dict[str, Metric]:
@@ -125,6 +128,7 @@ class _Arrays:
     num: np.ndarray
     den: np.ndarray
     groups: list[np.ndarray]  # row indices of each category that enters the metric (one: pooled)
+    signs: tuple[float, ...] | None = None  # a signed sum of the categories' values instead of their mean
 
 
 def _arrays(rows: pd.DataFrame, m: Metric, prompts: pd.Index, seeds: list) -> _Arrays:
@@ -145,7 +149,9 @@ def _arrays(rows: pd.DataFrame, m: Metric, prompts: pd.Index, seeds: list) -> _A
         if missing:
             raise ValueError(f"{m.name} needs prompts of categories {missing}, which these rows lack.")
         groups = [np.flatnonzero(domains == d) for d in wanted]
-    return _Arrays(num, den, groups)
+    if m.signs is not None and (m.domains is None or len(m.signs) != len(m.domains)):
+        raise ValueError(f"{m.name}: signs need one sign per domain of domains={m.domains}.")
+    return _Arrays(num, den, groups, m.signs)
 
 
 def _statistic(a: _Arrays, weights: np.ndarray) -> np.ndarray:
@@ -156,7 +162,13 @@ def _statistic(a: _Arrays, weights: np.ndarray) -> np.ndarray:
         w = weights[:, rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             per_group.append((w @ a.num[rows]) / (w @ a.den[rows]))  # draws x seeds
-    return np.nanmean(np.mean(per_group, axis=0), axis=1) if per_group else np.full(len(weights), np.nan)
+    if not per_group:
+        return np.full(len(weights), np.nan)
+    if a.signs is not None:
+        combined = sum(sign * values for sign, values in zip(a.signs, per_group))
+    else:
+        combined = np.mean(per_group, axis=0)
+    return np.nanmean(combined, axis=1)
 
 
 def _prompt_weights(strata: list[np.ndarray], n_prompts: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
