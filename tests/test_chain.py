@@ -19,7 +19,9 @@ EXPECTED_TABLES = [
     "results_source.csv", "results_across_models.csv", "sensitivity.csv", "detox_text_toxicity.csv",
     "detox_text_leaning.csv", "jaccard.csv", "tfidf_top100.csv", "alignment.csv", "scorecard.csv",
     "controls_claims.csv", "per_prompt_source.csv", "per_prompt_across_models.csv",
-    "results_source_claims.csv", "results_across_models_claims.csv",
+    "results_source_claims.csv", "results_across_models_claims.csv", "replicates.csv", "per_prompt_replicates.csv",
+    "detox_text_scores.csv", "detox_text_leaning_texts.csv", "jaccard_difference.csv", "group_cost.csv",
+    "group_cost_claims.csv",
 ]
 VERDICTS = {"holds", "does not hold", "inconclusive", "not testable here"}
 

@@ -54,3 +54,22 @@ def test_with_groups():
     prompts = pd.DataFrame({"group": ["jewish", "black"], "label": ["hate", "neutral"]})
     out = group_cost.with_groups(rows, prompts)
     assert out["group"].tolist() == ["black", "jewish"] and out["label"].tolist() == ["neutral", "hate"]
+
+
+def test_who_pays_claims_and_universality():
+    from unidetox_core.views import who_pays as W
+
+    cost = pd.DataFrame({
+        "model": ["world:a"] * 3 + ["world:b"] * 2,
+        "measure": [W.MEASURES[0]] * 2 + [W.MEASURES[1]] + [W.MEASURES[0]] * 2,
+        "variant": ["UniDetox lr=1e-04", "UniDetox lr=1e-04", "UniDetox lr=1e-04", "UniDetox lr=1e-04", "Samples"],
+        "group": ["muslim", "women", "muslim", "muslim", "muslim"],
+        "change": [0.3, -0.1, -0.2, -0.05, 0.4], "low": [0.1, -0.3, -0.4, -0.1, 0.2], "high": [0.5, 0.1, 0.0, 0.0, 0.6],
+        "verdict": ["holds", "inconclusive", "inconclusive", "does not hold", "holds"]})
+    claims = W.claims_rows(cost).set_index(["model", "claim"])["verdict"]
+    assert claims[("a", "UniDetox raises the perplexity gap of some group")] == "holds"
+    assert claims[("a", "UniDetox lowers how often continuations of some group's neutral prompts name the group")] == "inconclusive"
+    assert claims[("b", "UniDetox raises the perplexity gap of some group")] == "does not hold"  # Samples' rise is not UniDetox's
+    line = W.universality_line(cost)
+    assert line.startswith("Mean change of UniDetox's perplexity gap over groups: a +0.100, b -0.050")
+    assert line.endswith("the direction differs between models.")

@@ -568,3 +568,11 @@ def test_jaccard_difference_bootstraps_texts_and_the_scorecard_reads_it():
                         "containment_percent": [0, 100]})
     [row] = sc.text_jaccard_rows(jac, diff)
     assert row["verdict"] == "holds" and "(bootstrap over texts); unmatched 0.00% vs 40.00%" in row["this run shows"]
+
+
+def test_group_cost_rows_are_beyond_the_paper():
+    claims = pd.DataFrame({"claim": ["UniDetox raises the perplexity gap of some group"], "model": ["gpt2-bpe"],
+                           "verdict": ["inconclusive"], "detail": ["largest: muslim +0.10"]})
+    [row] = sc.group_cost_rows(claims)
+    assert row["claim"].endswith("[gpt2-bpe] (beyond the paper)") and row["paper reports"] == "not measured in the paper"
+    assert sc.group_cost_rows(None) == []

@@ -234,6 +234,15 @@ def controls_rows(claims: pd.DataFrame | None) -> list[dict]:
             for row in claims.itertuples(index=False)]
 
 
+# ----------------------------------------------------------------------------- beyond the paper
+def group_cost_rows(claims: pd.DataFrame | None) -> list[dict]:
+    """The claims of the chapter on who pays (``group_cost_claims.csv``), labelled as beyond the paper."""
+    if claims is None:
+        return []
+    return [card_row(f"{row.claim} [{row.model}] (beyond the paper)", "not measured in the paper", row.detail,
+                     row.verdict, "who pays") for row in claims.itertuples(index=False)]
+
+
 def verdict_counts(card: pd.DataFrame) -> pd.DataFrame:
     """How many claims of ``card`` get each verdict (most frequent first)."""
     return card["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
