@@ -73,3 +73,10 @@ def test_who_pays_claims_and_universality():
     line = W.universality_line(cost)
     assert line.startswith("Mean change of UniDetox's perplexity gap over groups: a +0.100, b -0.050")
     assert line.endswith("the direction differs between models.")
+
+
+def test_text_nll_cuts_texts_to_the_models_positions(tiny_gpt2):
+    model, tok = tiny_gpt2
+    long = " ".join(["the news report says"] * 200)
+    scored = group_cost.text_nll(model, tok, [long], max_length=10_000)
+    assert scored["tokens"].iloc[0] == model.config.n_positions - 1  # every position but the start token's

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import stats
-from .forward import at_least_float32, model_device, pad_id_of, right_pad
+from .forward import at_least_float32, max_positions, model_device, pad_id_of, right_pad
 from .groups import mentions
 
 NEWS = "news"  # the control "group" of the perplexity gap
@@ -34,11 +34,13 @@ NEWS = "news"  # the control "group" of the perplexity gap
 @torch.inference_mode()
 def text_nll(model, tokenizer, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 32) -> pd.DataFrame:
     """Per text: the summed NLL of its tokens after the start token (``nll``) and their number
-    (``tokens``) under ``model``, float32 log-softmax. Columns ``nll``, ``tokens``."""
+    (``tokens``) under ``model``, float32 log-softmax; a text longer than ``max_length`` tokens (or
+    than the model's positions) is cut. Columns ``nll``, ``tokens``."""
     import torch.nn.functional as F
 
     from .finetune import tokenize_texts
 
+    max_length = min(max_length, max_positions(model) or max_length)
     sequences = tokenize_texts(tokenizer, list(texts), max_length, prepend_bos=True)
     pad_id, device = pad_id_of(tokenizer), model_device(model)
     was_training = model.training
