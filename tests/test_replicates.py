@@ -57,3 +57,8 @@ def test_replicate_claims_agree_and_disagree():
     assert not row["directions_agree"] and "direction differs" in row["detail"]
     with pytest.raises(ValueError, match="replicate"):
         replicates.replicate_claims(pd.DataFrame(rows).drop(columns="replicate"))
+
+
+def test_no_replicates_give_an_empty_table_with_its_columns():
+    claims = replicates.replicate_claims(pd.DataFrame(columns=replicates.PROMPT_COLUMNS))
+    assert claims.empty and list(claims.columns) == replicates.CLAIM_COLUMNS

@@ -19,6 +19,9 @@ from . import experiments as E
 from . import stats
 from .world.settings import REPLICATE_MARK
 
+CLAIM_COLUMNS = ["claim", "a", "b", "metric", "replicates", "verdict", "diff", "low", "high", "per_replicate",
+                 "directions_agree", "detail"]
+PROMPT_COLUMNS = ["replicate", "variant", "prompt_id", "seed", "domain"]
 # (a, b, claim, expect): "lower" claims a's TP is below b's, "higher" above it.
 CORE_CLAIMS = (
     ("toxic", "base", "The toxic model is more toxic than the base model", "higher"),
@@ -115,4 +118,4 @@ def replicate_claims(prompts: pd.DataFrame, metric: str = "TP_all", *, n_boot: i
                          detail=f"{metric} {a} - {b}: {d.interval()} over {len(pairs)} replicates (each: "
                                 + ", ".join(f"{v:+.2f}" for v in each) + ")"
                                 + ("" if agree else "; the direction differs between replicates")))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
