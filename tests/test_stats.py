@@ -208,3 +208,14 @@ def test_a_signed_contrast_of_two_categories():
     assert stats.value(rows, m) == pytest.approx(10 / 4 - 4 / 2)  # per-token NLL of religion minus news
     with pytest.raises(ValueError, match="one sign per domain"):
         stats.value(rows, stats.Metric("bad", "nll", "tokens", domains=("religion", "news"), signs=(1.0,)))
+
+
+def test_simultaneous_level_widens_the_interval():
+    assert stats.simultaneous_level(1) == pytest.approx(0.95) and stats.simultaneous_level(10) == pytest.approx(0.995)
+    rows = stats.per_prompt(continuations(seed=2, n_prompts=40))
+    other = stats.per_prompt(continuations(seed=3, n_prompts=40))
+    narrow = stats.paired_difference(other, rows, "EMT_all", n_boot=1000)
+    wide = stats.paired_difference(other, rows, "EMT_all", n_boot=1000, level=stats.simultaneous_level(10))
+    assert wide.low <= narrow.low and wide.high >= narrow.high and wide.diff == narrow.diff
+    with pytest.raises(ValueError, match="level"):
+        stats.paired_difference(other, rows, "EMT_all", level=1.0)

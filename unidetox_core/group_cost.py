@@ -74,16 +74,18 @@ def gap_metric(group: str) -> stats.Metric:
 
 def gap_changes(rows: dict[str, pd.DataFrame], base: str, n_boot: int = stats.N_BOOT) -> pd.DataFrame:
     """Per variant (other than ``base``) and group: the perplexity gap and its change from the base
-    model's, with the paired 95% interval (the same statements and news texts; texts resampled within
-    their group). ``rows``: ``nll_rows`` per variant label. Columns ``variant``, ``group``, ``gap``,
-    ``base_gap``, ``change``, ``low``, ``high``, ``verdict`` (of "the change is a rise")."""
+    model's, with its paired interval (the same statements and news texts; texts resampled within
+    their group), simultaneous over the groups (``stats.simultaneous_level``: the claim read from them
+    is about *some* group). ``rows``: ``nll_rows`` per variant label. Columns ``variant``, ``group``,
+    ``gap``, ``base_gap``, ``change``, ``low``, ``high``, ``verdict`` (of "the change is a rise")."""
     groups = [g for g in dict.fromkeys(rows[base]["domain"]) if g != NEWS]
+    level = stats.simultaneous_level(len(groups))
     out = []
     for label, part in rows.items():
         if label == base:
             continue
         for group in groups:
-            d = stats.paired_difference(part, rows[base], gap_metric(group), n_boot=n_boot)
+            d = stats.paired_difference(part, rows[base], gap_metric(group), n_boot=n_boot, level=level)
             out.append(dict(variant=label, group=group, gap=d.a, base_gap=d.b, change=d.diff, low=d.low, high=d.high,
                             verdict=stats.verdict(d, expect="higher")))
     return pd.DataFrame(out)
@@ -115,18 +117,19 @@ def group_changes(rows: dict[str, pd.DataFrame], base: str, column: str, *, labe
                   expect: str = "lower", n_boot: int = stats.N_BOOT) -> pd.DataFrame:
     """Per variant (other than ``base``) and group: the mean of ``column`` over the group's prompts
     (only prompts of ``label``, e.g. ``"neutral"``, when given), the base model's, the change with its
-    paired 95% interval, and the verdict of "the change is ``expect``". ``rows``: per-prompt rows per
-    variant label with ``group`` and ``label`` columns (``coverage_rows``, or ``stats.per_prompt`` rows
-    joined with the prompts' groups)."""
+    paired interval, simultaneous over the groups as in ``gap_changes``, and the verdict of "the change
+    is ``expect``". ``rows``: per-prompt rows per variant label with ``group`` and ``label`` columns
+    (``coverage_rows``, or ``stats.per_prompt`` rows joined with the prompts' groups)."""
     pick = (lambda r: r[r["label"] == label]) if label else (lambda r: r)
     base_rows = pick(rows[base]).assign(domain=lambda r: r["group"])
+    level = stats.simultaneous_level(base_rows["group"].nunique())
     out = []
     for name, part in rows.items():
         if name == base:
             continue
         part = pick(part).assign(domain=lambda r: r["group"])
         for group in dict.fromkeys(base_rows["group"]):
-            d = stats.paired_difference(part, base_rows, group_metric(column, group), n_boot=n_boot)
+            d = stats.paired_difference(part, base_rows, group_metric(column, group), n_boot=n_boot, level=level)
             out.append(dict(variant=name, group=group, value=d.a, base_value=d.b, change=d.diff, low=d.low,
                             high=d.high, verdict=stats.verdict(d, expect=expect)))
     return pd.DataFrame(out)

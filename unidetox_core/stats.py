@@ -232,18 +232,21 @@ def _bootstrap_draws(a: pd.DataFrame, b: pd.DataFrame, m: Metric, scale: float, 
 
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric_name: str | Metric, *, scale: float = 1.0,
-                      n_boot: int = N_BOOT, seed: int = 0) -> Difference:
+                      n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Difference:
     """``metric(a) - scale * metric(b)`` on the prompts and seeds the two share, with the 95% interval of
     a prompt-level bootstrap (prompts resampled within category, the same draw for both variants).
 
     ``a`` and ``b`` are ``per_prompt`` rows of one variant each (several seeds allowed). ``scale``
-    tests ratios such as "keeps at least 80% of the base Dist-1" as ``a - 0.8 b > 0``.
+    tests ratios such as "keeps at least 80% of the base Dist-1" as ``a - 0.8 b > 0``. ``level`` widens
+    the interval for a claim made about any of several comparisons (``simultaneous_level``).
     """
     m = metric(metric_name)
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot} is too few for a 95% interval; use at least 100 (the book uses {N_BOOT}).")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} must lie in (0, 1), e.g. 0.95.")
     point_a, point_b, diff, draws, n_p, n_s = _bootstrap_draws(a, b, m, scale, n_boot, np.random.default_rng(seed))
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    low, high = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
     return Difference(m.name, point_a, point_b, diff, float(low), float(high), float(np.nanstd(draws, ddof=1)), n_p, n_s)
 
 
@@ -266,6 +269,14 @@ def hierarchical_difference(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], 
     mean = lambda i: float(np.mean([r[i] for r in results]))
     return Difference(m.name, mean(0), mean(1), mean(2), float(low), float(high), float(np.nanstd(draws, ddof=1)),
                       results[0][4], results[0][5], R)
+
+
+def simultaneous_level(k: int, level: float = 0.95) -> float:
+    """The level of each of ``k`` intervals so that all ``k`` hold together at ``level`` (Bonferroni):
+    a claim that *some* group pays is then not made true by one of many groups' chance fluctuations."""
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1.")
+    return 1 - (1 - level) / k
 
 
 def detectable_difference(se: float) -> float:
