@@ -240,7 +240,7 @@ def group_cost_rows(claims: pd.DataFrame | None) -> list[dict]:
     if claims is None:
         return []
     return [card_row(f"{row.claim} [{row.model}] (beyond the paper)", "not measured in the paper", row.detail,
-                     row.verdict, "who pays") for row in claims.itertuples(index=False)]
+                     row.verdict, "11 who pays") for row in claims.itertuples(index=False)]
 
 
 def verdict_counts(card: pd.DataFrame) -> pd.DataFrame:
