@@ -505,3 +505,13 @@ def test_sweep_table_frontier_and_figure(tmp_path):
     assert table["the world's setting"].tolist() == [False, False, True, False]
     fig = world_views.plot_sweep(table)
     assert len(fig.axes[0].texts) == 4
+
+
+def test_run_sweep_resumes_and_counts_a_point_once(tmp_path):
+    from unidetox_core.world import sweep
+
+    P = {"profile": "tiny", "cache_dir": str(tmp_path / "cache"), "results_dir": str(tmp_path / "results")}
+    first = sweep.run_sweep(P, grid=[(800, 32, 2, 4)], progress=False)
+    assert len(first) == 1 and first["cpu_seconds"].iloc[0] > 0 and first["heldout_news_bits_per_byte"].iloc[0] > 0
+    again = sweep.run_sweep(P, grid=[(800, 32, 2, 4), (800, 32, 2, 4)], progress=False)  # measured: skipped
+    assert len(again) == 1 and sweep.sweep_path(P).exists()

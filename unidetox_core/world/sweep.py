@@ -40,6 +40,15 @@ COLUMNS = ("vocab_size", "d_model", "n_layer", "steps", "parameters", "train_tok
            "load_avg_1min_start")
 
 
+KEYS = ["vocab_size", "d_model", "n_layer", "steps"]
+
+
+def _measured(path: Path) -> set[tuple]:
+    if not path.exists():
+        return set()
+    return {tuple(int(v) for v in row) for row in pd.read_csv(path)[KEYS].to_numpy()}
+
+
 def sweep_path(profile: str | dict) -> Path:
     return results_dir(world_settings(profile)) / "sweep.csv"
 
@@ -80,11 +89,14 @@ def run_sweep(profile: str | dict = "mini", grid=None, progress: bool = True) ->
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(COLUMNS))
     have = {tuple(int(v) for v in row) for row in done[["vocab_size", "d_model", "n_layer", "steps"]].to_numpy()}
     for point in tqdm([p for p in grid if tuple(p) not in have], desc="world sweep", disable=not progress):
+        if tuple(point) in _measured(path):  # another sweep process measured it meanwhile
+            continue
         started = time.time()
         row = sweep_point(profile, *point)
         # read again before appending: another sweep process may have added its points meanwhile
         done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(COLUMNS))
         done = pd.concat([done, pd.DataFrame([row])], ignore_index=True) if len(done) else pd.DataFrame([row])
+        done = done.drop_duplicates(KEYS, keep="first")  # a point two processes measured counts once
         write_csv_atomic(done[list(COLUMNS)], path)
         if progress:
             print(f"{point}: {row['heldout_news_bits_per_byte']:.3f} bits/byte in {row['cpu_seconds']:.0f} CPU s "
