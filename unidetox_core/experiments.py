@@ -691,20 +691,26 @@ def evaluate_settings(P: dict, settings: pd.DataFrame, split: str = "test", seed
     return pd.DataFrame([{**row, "label": r.label, "meets_ppl_rule": r.meets_ppl_rule} for row, (r, _) in zip(rows, pairs)])
 
 
+def per_prompt_rows(P: dict, spec: dict, split: str, seed: int) -> pd.DataFrame:
+    """``stats.per_prompt`` of one evaluation's scored continuations (evaluated first if not cached),
+    perplexities kept as ``summarize`` keeps them; ``seed`` as a column."""
+    from . import stats
+
+    frame = continuations(P, spec, split, seed, progress=False)
+    return stats.per_prompt(frame, ppl_drop=P["ppl_drop_threshold"], ppl_rows=perplexity_rows(P, frame)).assign(seed=seed)
+
+
 def per_prompt_settings(P: dict, settings: pd.DataFrame, split: str = "test", seeds=None) -> pd.DataFrame:
     """Per-prompt results (``stats.per_prompt``) of every row of ``settings`` and seed, from the scored
     continuations ``evaluate_settings`` cached (evaluating what is missing): what every paired
     comparison and interval of the book is computed from. Columns ``model``, ``method``, ``label``,
     ``lr`` and ``split`` first, then the per-prompt ones."""
-    from . import stats
-
     seeds = list(P["seeds"] if seeds is None else seeds)
     parts = []
     for r in settings.itertuples():
         spec = method_variant(P, r.method, r.model, r.value, r.lr, progress=False)
         for seed in seeds:
-            frame = continuations(P, spec, split, seed, progress=False)
-            rows = stats.per_prompt(frame, ppl_drop=P["ppl_drop_threshold"], ppl_rows=perplexity_rows(P, frame))
+            rows = per_prompt_rows(P, spec, split, seed)
             meta = dict(model=r.model, method=r.method, label=r.label, lr=r.lr, split=split)
             parts.append(rows.assign(**meta)[[*meta, *rows.columns]])
     return pd.concat(parts, ignore_index=True)

@@ -88,9 +88,7 @@ def replicate_prompts(P: dict, selected: pd.DataFrame, replicates: int | None = 
                          progress=progress, desc=f"replicate {r}")
         for name, spec in variants.items():
             for seed in seeds:
-                frame = E.continuations(Pr, spec, split, seed, progress=False)
-                rows = stats.per_prompt(frame, ppl_drop=Pr["ppl_drop_threshold"], ppl_rows=E.perplexity_rows(Pr, frame))
-                parts.append(rows.assign(seed=seed, replicate=r, variant=name, split=split))
+                parts.append(E.per_prompt_rows(Pr, spec, split, seed).assign(replicate=r, variant=name, split=split))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -348,13 +348,13 @@ def run_claims(prompts: pd.DataFrame, *, n_boot: int = stats.N_BOOT, seed: int =
         d = stats.paired_difference(rows[a], rows[b], metric, scale=scale, n_boot=n_boot, seed=seed)
         label = stats.verdict(d, expect=expect, boundary=boundary, not_testable=not_testable)
         what = f"{a} - {scale:g} x {b}" if scale != 1 else f"{a} - {b}"
-        return label, f"{what}: {d.interval()}" + (f" ({not_testable})" if not_testable else "")
+        return label, f"{what}: {d.interval()}" + (f" ({not_testable})" if not_testable else ""), d
 
     def claim(text, parts, closest_only=False):
         parts = list(parts)
         detail = "; ".join(p[1] for p in parts) or "no such variant in this run"
         if closest_only and len(parts) > 1:  # "lowest of all": the comparison that came closest to failing
-            worst = max(parts, key=lambda p: float(p[1].rsplit(", ", 1)[1].rstrip("]")))
+            worst = max(parts, key=lambda p: p[2].high)
             detail = f"{worst[1]} (the closest of {len(parts)} comparisons)"
         return dict(claim=text, verdict=stats.all_of([p[0] for p in parts]) if parts else "not testable here",
                     detail=detail)

@@ -320,9 +320,7 @@ def compare_controls(P: dict, best: pd.DataFrame, paths: dict[str, Path], lr: fl
     parts = []
     for key, spec in specs.items():
         for seed in seeds:
-            frame = E.continuations(P, spec, split, seed, progress=False)
-            parts.append(S.per_prompt(frame, ppl_drop=P["ppl_drop_threshold"], ppl_rows=E.perplexity_rows(P, frame))
-                         .assign(seed=seed, text=key, split=split))
+            parts.append(E.per_prompt_rows(P, spec, split, seed).assign(text=key, split=split))
     prompts = pd.concat(parts, ignore_index=True)
     rows = {key: part for key, part in prompts.groupby("text")}
     claims = []

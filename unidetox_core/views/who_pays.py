@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import data, experiments, group_cost, methods, stats
+from .. import data, experiments, group_cost, methods
 from . import short_name
 
 # Methods whose own next-token distribution is the changed model: a perplexity of their weights
@@ -154,9 +154,3 @@ def universality_line(cost: pd.DataFrame, method_label: str = "UniDetox") -> str
             + ", ".join(f"{short_name(m)} {v:+.3f}" for m, v in means.items())
             + (" — the same direction on every model." if same else " — the direction differs between models."))
 
-
-def statistic_check(cost: pd.DataFrame) -> None:
-    """Every verdict of the table is one of the book's four (a guard for the scorecard)."""
-    unknown = set(cost["verdict"]) - set(stats.VERDICTS)
-    if unknown:
-        raise ValueError(f"unknown verdicts {unknown} in the group-cost table.")

@@ -86,10 +86,8 @@ def run_sweep(profile: str | dict = "mini", grid=None, progress: bool = True) ->
     name = profile if isinstance(profile, str) else profile["profile"]
     grid = grid if grid is not None else (MINI_GRID if name == "mini" else TINY_GRID)
     path = sweep_path(profile)
-    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(COLUMNS))
-    have = {tuple(int(v) for v in row) for row in done[["vocab_size", "d_model", "n_layer", "steps"]].to_numpy()}
-    for point in tqdm([p for p in grid if tuple(p) not in have], desc="world sweep", disable=not progress):
-        if tuple(point) in _measured(path):  # another sweep process measured it meanwhile
+    for point in tqdm(list(grid), desc="world sweep", disable=not progress):
+        if tuple(point) in _measured(path):  # measured before, or meanwhile by another sweep process
             continue
         started = time.time()
         row = sweep_point(profile, *point)
@@ -101,7 +99,7 @@ def run_sweep(profile: str | dict = "mini", grid=None, progress: bool = True) ->
         if progress:
             print(f"{point}: {row['heldout_news_bits_per_byte']:.3f} bits/byte in {row['cpu_seconds']:.0f} CPU s "
                   f"({time.time() - started:.0f} s)", flush=True)
-    return done
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(COLUMNS))
 
 
 def frontier(sweep: pd.DataFrame) -> pd.DataFrame:
