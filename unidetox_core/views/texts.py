@@ -322,14 +322,24 @@ def jaccard_difference(texts: TextSets, toxic_texts: Sequence[str], n_words: int
 
     toxic_vocab = analysis.unique_words(toxic_texts)
 
-    def matched_jaccard(sample) -> float:
-        words = analysis.unique_words(analysis.word_prefix(list(sample), n_words))
-        union = words | toxic_vocab
-        return 100 * len(words & toxic_vocab) / len(union) if union else 0.0
+    def matched_jaccard(sample) -> float:  # the first n_words running words of the (already random) draw
+        vocabulary, seen = set(), 0
+        for text_words in sample:
+            vocabulary.update(text_words[:n_words - seen])
+            seen += min(len(text_words), n_words - seen)
+            if seen >= n_words:
+                break
+        union = vocabulary | toxic_vocab
+        return 100 * len(vocabulary & toxic_vocab) / len(union) if union else 0.0
 
-    pooled = {kind: [t for (k, _), ts in texts.items() if k == kind for t in ts] for kind in (UNIDETOX.text, SAMPLES.text)}
-    d = stats.unpaired_difference(np.array(pooled[UNIDETOX.text], dtype=object), np.array(pooled[SAMPLES.text], dtype=object),
-                                  statistic=matched_jaccard, n_boot=n_boot, name="matched Jaccard (%)")
+    def pooled(kind) -> np.ndarray:  # each text split into words once, not once per draw; in a seeded order
+        split = [analysis.words(t) for (k, _), ts in texts.items() if k == kind for t in ts]
+        out = np.empty(len(split), dtype=object)
+        out[:] = split
+        return out[np.random.default_rng(0).permutation(len(out))]
+
+    d = stats.unpaired_difference(pooled(UNIDETOX.text), pooled(SAMPLES.text), statistic=matched_jaccard,
+                                  n_boot=n_boot, name="matched Jaccard (%)")
     return pd.DataFrame([{**d.__dict__, "matched_words": n_words}])
 
 
