@@ -9,6 +9,7 @@ both labelled and cross-referenced) with ``tools/run_notebooks.py``, renders it 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -526,3 +527,50 @@ def test_an_empty_frame_still_becomes_a_numbered_table():
     table = build_book.html_table_to_list_table(pd.DataFrame(columns=["step", "time"]).to_html(), "cap", "tbl-x")
     assert ":name: tbl-x" in table and ":header-rows: 1" in table
     assert table.splitlines()[-4:-1] == ["* - —", "  - —", "  - —"]
+
+
+def test_quarto_pages_load_the_local_mathjax_from_every_folder():
+    """Quarto writes html-math-method's url into each page as given, so a chapter one folder down needs
+    its folder's _metadata.yml to climb back to the copy that _quarto.yml's resources put in the book."""
+    config = build_book.load_quarto_config(ROOT)
+    es5 = "cache/mathjax/node_modules/mathjax/es5/"
+    assert config["project"]["resources"] == [es5]
+    assert build_book.MATHJAX_CACHE.as_posix() + "/node_modules/mathjax/es5/" == es5
+    for chapter in build_book.chapter_paths(config):
+        url = build_book.quarto_math_url(ROOT, chapter)
+        page_folder = Path(chapter).parent
+        target = os.path.normpath(page_folder / url)
+        assert target == es5 + build_book.MATHJAX_SCRIPT, f"{chapter}: {url} resolves to {target}"
+    # the render list keeps Quarto away from the Markdown inside npm's package
+    assert all(not pattern.startswith("cache") for pattern in config["project"]["render"])
+
+
+def test_fixture_book_numbers_chapters_as_quarto_does(fixture_book):
+    """Quarto's rules (quarto_chapter_numbers) and the Jupyter Book build agree: the unnumbered index
+    takes no number, and a chapter in a second part continues the count -- in its heading, its table
+    caption and its equation."""
+    root = fixture_book.parents[1]
+    config = build_book.load_quarto_config(root)
+    expected = {"index.qmd": None, "notebooks/results.ipynb": "1", "more/extra.qmd": "2"}
+    assert build_book.quarto_chapter_numbers(root, config) == expected
+    assert build_book.jupyter_book_chapter_numbers(config) == expected
+    for chapter, number in expected.items():
+        page = (fixture_book / chapter).with_suffix(".html").read_text(encoding="utf-8")
+        heading = re.findall(r"<h1>(.*?)</h1>", page, re.S)[-1]  # the chapter's, after the theme's header
+        if number is None:
+            assert "section-number" not in heading
+            continue
+        assert f'<span class="section-number">{number}. </span>' in heading
+        for numbered in re.findall(r'caption-number">(?:Figure|Table) ([\w.]+) ', page) + re.findall(r'class="eqno">\(([\w.]+)\)', page):
+            assert numbered.startswith(f"{number}."), f"{chapter}: {numbered}"
+    extra = (fixture_book / "more/extra.html").read_text(encoding="utf-8")
+    assert "Table 2.1" in extra and 'class="eqno">(2.1)' in extra
+
+
+def test_repository_book_numbers_chapters_as_quarto_does():
+    """The book's own _quarto.yml: the numbers Quarto gives its chapters are the Jupyter Book build's
+    (no appendices -- Quarto letters them, Jupyter Book cannot -- and only the preface unnumbered)."""
+    config = build_book.load_quarto_config(ROOT)
+    assert "appendices" not in config["book"], "the Jupyter Book build cannot letter appendices: use a part"
+    assert build_book.quarto_chapter_numbers(ROOT, config) == build_book.jupyter_book_chapter_numbers(config)
+    assert build_book.quarto_chapter_numbers(ROOT, config)["notebooks/00_method.ipynb"] == "1"

@@ -128,6 +128,46 @@ def chapter_paths(config: dict) -> list[str]:
     return [path for part in book_parts(config) for path in part.chapters]
 
 
+def chapter_title_line(root: Path, chapter: str) -> str:
+    """The chapter's title heading (``# Title {attributes}``), read from its own file as Quarto reads it."""
+    path = root / chapter
+    if path.suffix == ".ipynb":
+        texts = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "markdown"]
+    else:
+        texts = [path.read_text(encoding="utf-8")]
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# "):
+                return line
+    return ""
+
+
+def quarto_chapter_numbers(root: Path, config: dict) -> dict[str, str | None]:
+    """The number Quarto gives each chapter, by its documented rules for books: chapters are numbered
+    in reading order across parts (a part takes no number), a chapter whose title carries
+    ``{.unnumbered}`` takes none, and appendices are lettered A, B, ... Figures, tables and equations
+    then number as ``<chapter>.<n>``."""
+    numbers: dict[str, str | None] = {}
+    count = 0
+    appendices = set(_chapter_list(config["book"].get("appendices", [])))
+    for chapter in chapter_paths(config):
+        if ".unnumbered" in chapter_title_line(root, chapter) or chapter in appendices:
+            numbers[chapter] = None
+        else:
+            count += 1
+            numbers[chapter] = str(count)
+    for letter, chapter in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", [c for c in chapter_paths(config) if c in appendices]):
+        numbers[chapter] = letter
+    return numbers
+
+
+def jupyter_book_chapter_numbers(config: dict) -> dict[str, str | None]:
+    """The number the Jupyter Book build gives each chapter (``jupyter_book_toc``): the root none, the
+    others numbered in order across parts (Jupyter Book's multi-toc numbering), appendices included."""
+    chapters = chapter_paths(config)
+    return {chapters[0]: None} | {chapter: str(i) for i, chapter in enumerate(chapters[1:], start=1)}
+
+
 def existing_parts(root: Path, config: dict) -> list[Part]:
     """The parts with chapters that are missing on disk left out (with a warning), empty parts dropped.
 
@@ -1201,7 +1241,27 @@ def build_with_jupyter_book(root: Path, force: bool = False) -> Path:
     return html_dir
 
 
+def quarto_math_url(root: Path, chapter: str) -> str | None:
+    """The MathJax address Quarto writes into ``chapter``'s page: the ``html-math-method`` url of the
+    chapter's folder's ``_metadata.yml`` if it sets one, else ``_quarto.yml``'s (Quarto's rule for
+    directory metadata: the nearer file wins)."""
+    def url(config: dict) -> str | None:
+        method = config.get("format", {}).get("html", {}).get("html-math-method")
+        return method.get("url") if isinstance(method, dict) else None
+
+    folder_metadata = (root / chapter).parent / "_metadata.yml"
+    if folder_metadata.exists() and folder_metadata.parent != root:
+        found = url(yaml.safe_load(folder_metadata.read_text()) or {})
+        if found:
+            return found
+    return url(load_quarto_config(root))
+
+
 def build_with_quarto(root: Path, quarto: str) -> Path:
+    # _quarto.yml points every page at this copy of MathJax (and copies it into the book).
+    if find_or_install_mathjax() != root / MATHJAX_CACHE / "node_modules" / "mathjax" / "es5":
+        warn(f"no MathJax under {MATHJAX_CACHE} (npm install mathjax@{MATHJAX_VERSION} failed): "
+             "Quarto's pages will show math as TeX source.")
     subprocess.run([quarto, "render", "--to", "html"], cwd=root, check=True)
     output_dir = load_quarto_config(root)["project"].get("output-dir", "_book")
     return root / output_dir
