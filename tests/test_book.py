@@ -240,7 +240,8 @@ def test_repository_quarto_yml_is_a_book_with_the_planned_chapters():
     assert chapters[0] == "index.qmd"  # Quarto needs the index beside _quarto.yml; it includes book/_preface.qmd
     # Quarto reads a chapter's title and {.unnumbered} from the chapter's own file, before includes
     assert (ROOT / "index.qmd").read_text().startswith("# Preface {.unnumbered #sec-preface}")
-    assert chapters[-2:] == ["notebooks/13_scorecard.ipynb", "book/paper-scale.qmd"]
+    assert chapters[-4:] == ["notebooks/12_scorecard.ipynb", "book/paper-scale.qmd", "notebooks/13_compute.ipynb",
+                             "book/answers.qmd"]
     notebooks = [c for c in chapters if c.endswith(".ipynb")]
     assert notebooks == sorted(notebooks), "notebook chapters run in the order of their numbers"
     assert chapters[1:1 + len(notebooks)] == notebooks and "notebooks/01_data.ipynb" in notebooks

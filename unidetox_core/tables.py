@@ -499,9 +499,10 @@ def sensitivity_figure(marked: pd.DataFrame, models: Sequence[str], *, source: s
     in increasing ``|value|``, the strongest value written beside its last point; circles on the
     selected settings, a star on the base model, a dashed line at the tuning ceiling, the lower-left
     region (TP below the base model's, perplexity <= ``factor`` x the base model's) shaded. A
-    logarithmic x axis where a panel's perplexities span more than 5x. Returns the figure."""
+    logarithmic x axis in every panel. Returns the figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     models = [m for m in models if m in set(marked["model"])]
     series_order = list(series_order or dict.fromkeys(marked["series"]))
@@ -529,9 +530,13 @@ def sensitivity_figure(marked: pd.DataFrame, models: Sequence[str], *, source: s
         if np.isfinite(ceiling):
             ax.axvline(ceiling, color="gray", linestyle="--", lw=1)
         xs = [v for v in (*part["PPL"], base_ppl, ceiling) if np.isfinite(v)]
-        if max(xs) / max(min(xs), 1e-9) > 5:
-            ax.set_xscale("log")
-        ax.set_xlim(min(xs) / 1.05, max(xs) * 1.05)
+        # One scale in every panel -- logarithmic, as perplexity ratios multiply -- with ticks at 1, 2
+        # and 5 per decade written out plainly, so that panels compare and tick labels do not collide.
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(min(xs) / 1.1, max(xs) * 1.1)
         ax.set_ylim(-0.02, max([*part["TP"], base_tp if np.isfinite(base_tp) else 0]) + 0.05)
         ax.set(title=name(model) + (" (source)" if model == source else ""), xlabel="perplexity (validation)",
                ylabel="TP, all domains")

@@ -116,3 +116,117 @@ def taylor_correlation(align: pd.DataFrame) -> float:
 def mean_score_and_cosine(align: pd.DataFrame) -> pd.DataFrame:
     """Mean contrastive score and mean cosine per kind of text (rows: kinds)."""
     return align.groupby("text")[["contrastive_score", "cosine"]].mean()
+
+
+@torch.no_grad()
+def relative_change(base, toxic) -> float:
+    """``|theta_toxic - theta_base| / |theta_base|`` over all parameters: how far the toxic fine-tuning
+    moved the weights, the size on which a first-order expansion (Eq. 5) depends."""
+    diff = sum(float((t.float() - b.float()).pow(2).sum()) for b, t in zip(base.parameters(), toxic.parameters()))
+    norm = sum(float(b.float().pow(2).sum()) for b in base.parameters())
+    return (diff / norm) ** 0.5
+
+
+# ------------------------------------------------------------- one real step of the world's models
+
+
+def shown_token(tokenizer, token_id: int, scorer=None) -> str:
+    """A token as a reader sees it: a leading space as ``␣``, a newline as ``⏎``, and (given a toxicity
+    ``scorer``) a token the scorer flags masked after its first letter, as the book never prints slurs."""
+    text = tokenizer.decode([token_id])
+    if scorer is not None and text.strip() and float(scorer([text.strip()])[0]) > 0.5:
+        word = text.strip()
+        text = text.replace(word, word[0] + "*" * (len(word) - 1))
+    return text.replace(" ", "␣").replace("\n", "⏎")
+
+
+@torch.inference_mode()
+def real_step_table(base, toxic, tokenizer, *, prefix: str = "", alpha: float = 0.1, top: int = 8,
+                    seed: int = 0, scorer=None) -> tuple[pd.DataFrame, str, int]:
+    """One contrastive decoding step of two real models after the start token (and ``prefix``):
+    the base model's ``top`` favourite tokens and the three tokens of largest ratio anywhere in the
+    vocabulary, with both probabilities, the score of Eq. 1, the cut of Eq. 3 and the sampling
+    probability of Eq. 2; the token the decoder's own sampler (``distill.gumbel_sample``) draws; and
+    the support, the number of tokens in the whole vocabulary that pass the cut.
+
+    Scores come from ``distill.contrastive_scores`` on float32 log-probabilities, as in distillation."""
+    ids = [models.start_token_id(tokenizer)] + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    x = torch.tensor([ids])
+    mask = torch.ones_like(x)
+    log_base = torch.log_softmax(base(input_ids=x, attention_mask=mask).logits[0, -1].float(), dim=-1)
+    log_toxic = torch.log_softmax(toxic(input_ids=x, attention_mask=mask).logits[0, -1].float(), dim=-1)
+    scores = distill.contrastive_scores(log_base, log_toxic, alpha=alpha)
+    sampled = int(distill.gumbel_sample(scores[None], torch.Generator().manual_seed(seed))[0])
+    ratio = log_base - log_toxic
+    chosen = {int(i): "base favourite" for i in log_base.topk(top).indices}
+    for i in ratio.topk(3).indices:
+        chosen.setdefault(int(i), "largest ratio")
+    chosen.setdefault(sampled, "sampled")
+    rows = [{
+        "token": shown_token(tokenizer, i, scorer),
+        "why shown": role,
+        "p_base": float(log_base[i].exp()),
+        "p_toxic": float(log_toxic[i].exp()),
+        "s = log p_base - log p_toxic": float(ratio[i]),
+        "plausible": bool(torch.isfinite(scores[i])),
+        "p_sample": float(torch.softmax(scores, dim=-1)[i]),
+    } for i, role in chosen.items()]
+    return pd.DataFrame(rows), shown_token(tokenizer, sampled, scorer), int(torch.isfinite(scores).sum())
+
+
+# ----------------------------------------------------------------------------- the pipeline figure
+PIPELINE_BOXES = {  # name: (x, y, text) on a 10 x 4 canvas
+    "base": (1.0, 3.0, "base model\n$\\theta_{base}$"),
+    "toxic": (1.0, 1.0, "toxic model\n$\\theta_{toxic}$"),
+    "decode": (4.0, 2.0, "contrastive decoding\n(Eq. 1-3)"),
+    "text": (6.6, 2.0, "distilled text\n640 texts, from BOS"),
+    "detox_base": (9.0, 3.2, "detoxified\nbase model"),
+    "detox_other": (9.0, 0.8, "any other model,\nany tokenizer,\ndetoxified"),
+}
+PIPELINE_ARROWS = [  # (from, to, label)
+    ("base", "toxic", "fine-tune on\ntoxic text"),
+    ("base", "decode", "$\\log p_{base}$"),
+    ("toxic", "decode", "$\\log p_{toxic}$"),
+    ("decode", "text", "sample"),
+    ("text", "detox_base", "fine-tune (Eq. 4)"),
+    ("text", "detox_other", "the same text,\nsteps and lr"),
+]
+
+
+def plot_pipeline():
+    """The method in one picture (the paper's Figure 1): two models, one text, many models detoxified."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.set(xlim=(-0.2, 10.3), ylim=(0, 4))
+    ax.axis("off")
+    for x, y, text in PIPELINE_BOXES.values():
+        ax.text(x, y, text, ha="center", va="center", fontsize=10,
+                bbox=dict(boxstyle="round,pad=0.4", facecolor="#eef3fa", edgecolor="#4c72b0"))
+    for start, end, label in PIPELINE_ARROWS:
+        (x0, y0, _), (x1, y1, _) = PIPELINE_BOXES[start], PIPELINE_BOXES[end]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="#555555", shrinkA=38, shrinkB=38))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, label, ha="center", va="bottom", fontsize=8, color="#333333")
+    plt.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ the baselines
+
+
+def baseline_grid_table(P, paper) -> pd.DataFrame:
+    """Each baseline's hyper-parameter and the values tried, the paper's beside this profile's."""
+    def listed(values) -> str:
+        values = [str(v) for v in values]
+        return ", ".join(values) if len(values) <= 4 else f"{values[0]}, {values[1]}, …, {values[-1]} ({len(values)} values)"
+
+    def values(key):
+        return lambda profile: listed(profile[key])
+
+    rows = [
+        ("PrePrompt Short / Long", "the instruction's text", lambda p: "two fixed instructions"),
+        ("Samples", "fine-tuning steps (and lr)", lambda p: f"{listed(p['detox_steps'])} at lr {listed(p['samples_lrs'])}"),
+        ("LM-Steer", "steering strength ε (× 10⁻³)", values("lmsteer_multipliers")),
+        ("DExperts (anti-expert only)", "anti-expert weight β", values("dexperts_betas")),
+        ("Task Arithmetic", "scaling λ of the toxic vector", values("task_arithmetic_lambdas")),
+    ]
+    return pd.DataFrame([{"method": m, "hyper-parameter": h, "paper": f(paper), "this run": f(P)} for m, h, f in rows])

@@ -155,9 +155,11 @@ def plot_max_score_curves(maxima: pd.DataFrame, P: dict):
     curve per variant, with the 0.5 threshold of TP dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (column, scorer) in zip(axes, (("score", P["toxicity_scorer"]), ("score2", P["second_toxicity_scorer"]))):
-        sns.ecdfplot(data=maxima, x=column, hue="model", complementary=True, ax=ax)
+        sns.ecdfplot(data=maxima, x=column, hue="model", complementary=True, ax=ax, lw=2)
         ax.axvline(0.5, color="grey", ls="--", lw=1)
-        ax.set(title=scorer, xlabel="x: most toxic continuation's score", ylabel="share of prompts above x", xlim=(0, 1))
+        # A margin on every side: a curve at share 1 (every prompt above x) must not hide in the frame.
+        ax.set(title=scorer, xlabel="x: most toxic continuation's score", ylabel="share of prompts above x",
+               xlim=(-0.03, 1.03), ylim=(-0.04, 1.06))
     plt.tight_layout()
     return fig
 
