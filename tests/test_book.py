@@ -575,3 +575,12 @@ def test_repository_book_numbers_chapters_as_quarto_does():
     assert "appendices" not in config["book"], "the Jupyter Book build cannot letter appendices: use a part"
     assert build_book.quarto_chapter_numbers(ROOT, config) == build_book.jupyter_book_chapter_numbers(config)
     assert build_book.quarto_chapter_numbers(ROOT, config)["notebooks/00_method.ipynb"] == "1"
+
+
+def test_markdown_a_cell_displays_is_translated_like_a_markdown_cell():
+    nb = new_notebook(cells=[new_markdown_cell("# T {#sec-t}"), new_code_cell("show()", outputs=[
+        new_output("display_data", data={"text/markdown": "::: {.callout-warning}\n## Changed\nSee @sec-t.\n:::"})])])
+    out = build_book.translate_notebook(nb)
+    code = next(c for c in out.cells if c.cell_type == "code")
+    shown = code.outputs[0]["data"]["text/markdown"]
+    assert "{.callout-warning}" not in shown and ":class: warning" in shown and "{ref}`sec-t`" in shown, shown

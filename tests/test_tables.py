@@ -257,3 +257,13 @@ def test_matched_diversity_settings_and_claims():
     claims = tables.matched_claims(pd.concat([base, uni], ignore_index=True), "Base model", matched, n_boot=200)
     assert claims["verdict"].tolist() == ["holds", "not testable here"]
     assert "no checkpoint of Samples on the grid keeps 90%" in claims["detail"].iloc[1]
+
+
+def test_prose_notice_names_each_changed_verdict_and_is_empty_when_all_agree():
+    written = {"UniDetox lowers TP ID": "holds", "Samples detoxifies": "inconclusive"}
+    assert tables.prose_notice({"UniDetox lowers TP ID": "holds", "Samples detoxifies": "inconclusive", "x": "holds"},
+                               written) == ""
+    notice = tables.prose_notice({"UniDetox lowers TP ID": "does not hold"}, written)
+    assert notice.startswith("::: {.callout-warning}") and notice.rstrip().endswith(":::")
+    assert "UniDetox lowers TP ID: the prose says *holds*, this build finds *does not hold*." in notice
+    assert "Samples detoxifies: the prose says *inconclusive*, this build finds *not computed*." in notice

@@ -864,7 +864,12 @@ def translate_notebook(nb):
             cell.source = translate_markdown(cell.source)
             cells.append(cell)
         elif cell.cell_type == "code":
-            cells.extend(translate_code_cell(cell))
+            translated = translate_code_cell(cell)
+            for output in (o for c in translated if c.cell_type == "code" for o in c.get("outputs", [])):
+                # Markdown a cell displays (a computed callout, a sentence) is Quarto Markdown too.
+                if "text/markdown" in output.get("data", {}):
+                    output["data"]["text/markdown"] = translate_markdown(_as_text(output["data"]["text/markdown"]))
+            cells.extend(translated)
         else:
             cells.append(cell)
     has_title = any(c.cell_type == "markdown" and re.search(r"^# ", c.source, re.M) for c in cells)

@@ -551,3 +551,21 @@ def sensitivity_figure(marked: pd.DataFrame, models: Sequence[str], *, source: s
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
     return fig
+
+
+# ------------------------------------------------------------------ prose written for one build
+def prose_notice(verdicts: dict[str, str], written_for: dict[str, str]) -> str:
+    """A warning callout when this build's verdicts differ from those a chapter's hand-written prose
+    was written for; ``""`` when they agree.
+
+    The book's interpretation is written by hand for the committed build. A rebuild is a new draw,
+    so a chapter states which verdict labels its prose assumes (``written_for``: claim -> label) and
+    shows this notice, naming every claim whose label changed or disappeared, when they no longer hold."""
+    changed = [(claim, label, verdicts.get(claim, "not computed")) for claim, label in written_for.items()
+               if verdicts.get(claim) != label]
+    if not changed:
+        return ""
+    lines = "\n".join(f"- {claim}: the prose says *{label}*, this build finds *{found}*." for claim, label, found in changed)
+    return ("::: {.callout-warning}\n## The prose below was written for another build\n"
+            "This build's verdicts differ from those the text of this section interprets; read the tables, "
+            "not the prose, where they disagree.\n\n" + lines + "\n:::")
