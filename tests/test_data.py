@@ -252,3 +252,25 @@ def test_toxigen_annotated_split_takes_ten_percent_of_train_as_validation():
     assert frame.loc[frame["text"] == "u2", "domain"].item() == "OOD"
     assert frame.equals(data.split_toxigen_annotated(train, test, seed=0))
     assert len(data.TOXIGEN_ID_GROUPS) == 23 and len(data.TOXIGEN_OOD_GROUPS) == 4
+
+
+def test_hub_data_sets_are_pinned_and_loaded_at_their_revision(monkeypatch):
+    hub = data.load_hub_sources()
+    assert set(hub) == {"dghs", "toxigen_annotated", "mmlu"}
+    assert all(len(entry["revision"]) == 40 and entry["licence"] for entry in hub.values())
+    calls = []
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "loaded")
+    assert data.hub_dataset("toxigen_annotated") == "loaded"
+    assert calls == [(("toxigen/toxigen-data", "annotated"), {"split": None, "revision": hub["toxigen_annotated"]["revision"]})]
+    frame = data.sources_frame()
+    assert {"dghs", "toxigen_annotated", "mmlu", "allsides"} <= set(frame["name"])
+    assert "data.hub" not in data.load_sources() and "hub" not in data.load_sources()
+
+
+def test_a_hub_data_set_without_a_commit_is_refused(tmp_path):
+    path = tmp_path / "sources.yml"
+    path.write_text("hub:\n  x: {title: t, licence: l, homepage: h, role: r, repo: a/b, config: null, revision: main}\n")
+    with pytest.raises(data.SourcesError, match="revision must be a commit"):
+        data.load_hub_sources(path)

@@ -37,6 +37,8 @@ RAW_DIR = Path(os.environ.get("UNIDETOX_DATA_DIR", ROOT / "data" / "raw"))
 MIRROR_ENV = "UNIDETOX_DATA_MIRROR"
 REQUIRED_SOURCE_FIELDS = ("title", "licence", "homepage", "role", "files")
 REQUIRED_FILE_FIELDS = ("path", "url", "sha256")
+HUB_KEY = "hub"  # the entry of sources.yml that lists the paper profile's hub data sets
+REQUIRED_HUB_FIELDS = ("title", "licence", "homepage", "role", "repo", "config", "revision")
 
 
 class DataError(RuntimeError):
@@ -64,6 +66,7 @@ def load_sources(path: str | os.PathLike = SOURCES_FILE) -> dict[str, dict]:
         table = yaml.safe_load(handle)
     if not isinstance(table, dict) or not table:
         raise SourcesError(f"{path}: expected a mapping of source names to entries, got {type(table).__name__}.")
+    table = {name: entry for name, entry in table.items() if name != HUB_KEY}
     for name, entry in table.items():
         where = f"{path}: source {name!r}"
         if not isinstance(entry, dict):
@@ -86,11 +89,42 @@ def load_sources(path: str | os.PathLike = SOURCES_FILE) -> dict[str, dict]:
     return table
 
 
+def load_hub_sources(path: str | os.PathLike = SOURCES_FILE) -> dict[str, dict]:
+    """The hub data sets of ``sources.yml`` (name -> title, licence, homepage, role, repo, config,
+    revision), each pinned to a commit (40 hex digits)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        table = (yaml.safe_load(handle) or {}).get(HUB_KEY) or {}
+    for name, entry in table.items():
+        where = f"{path}: hub data set {name!r}"
+        missing = [f for f in REQUIRED_HUB_FIELDS if not isinstance(entry, dict) or f not in entry]
+        if missing:
+            raise SourcesError(f"{where} lacks field(s) {missing}; every hub data set needs {REQUIRED_HUB_FIELDS}.")
+        if not re.fullmatch(r"[0-9a-f]{40}", str(entry["revision"])):
+            raise SourcesError(f"{where}: revision must be a commit (40 lowercase hex digits), not {entry['revision']!r}.")
+    return table
+
+
+def hub_dataset(name: str, split: str | None = None):
+    """``datasets.load_dataset`` of the hub data set ``name`` of ``sources.yml`` at its pinned revision."""
+    from datasets import load_dataset
+
+    entry = load_hub_sources()[name]
+    return load_dataset(entry["repo"], entry["config"], split=split, revision=entry["revision"])
+
+
 def sources_frame(path: str | os.PathLike = SOURCES_FILE) -> pd.DataFrame:
-    """One row per source: name, title, licence, homepage, role, number of files (for the book)."""
+    """One row per source: name, title, licence, homepage, role, and where it comes from (the number of
+    mirrored files, or the hub repository and its pinned commit), for the book."""
     rows = [
-        dict(name=name, title=e["title"], licence=e["licence"], homepage=e["homepage"], role=e["role"], files=len(e["files"]))
+        dict(name=name, title=e["title"], licence=e["licence"], homepage=e["homepage"], role=e["role"],
+             obtained=f"{len(e['files'])} files, checked by sha256")
         for name, e in load_sources(path).items()
+    ] + [
+        dict(name=name, title=e["title"], licence=e["licence"], homepage=e["homepage"], role=e["role"],
+             obtained=f"hub (paper profile), commit {e['revision'][:7]}")
+        for name, e in load_hub_sources(path).items()
     ]
     return pd.DataFrame(rows)
 
@@ -547,28 +581,22 @@ def _datasets_offline(offline: bool):
 
 
 def load_dghs_hub() -> pd.DataFrame:
-    """The paper's toxic corpus (25,150 examples after the filters of Appendix B.1)."""
-    from datasets import load_dataset
-
-    name = "LennardZuendorf/Dynamically-Generated-Hate-Speech-Dataset"
-    return filter_dghs(_hub(lambda: load_dataset(name, split="train").to_pandas(), f"dataset {name!r}"))
+    """The paper's toxic corpus after the filters of Appendix B.1 (the paper reports 25,150 examples)."""
+    name = load_hub_sources()["dghs"]["repo"]
+    return filter_dghs(_hub(lambda: hub_dataset("dghs", split="train").to_pandas(), f"dataset {name!r}"))
 
 
 def load_toxigen_annotated_hub(seed: int = 0) -> pd.DataFrame:
     """The paper's evaluation prompts: ToxiGen annotated, ID/OOD groups, val (10% of train) and test."""
-    from datasets import load_dataset
-
-    name = "toxigen/toxigen-data"
-    ds = _hub(lambda: load_dataset(name, "annotated"), f"dataset {name!r} (annotated)")
+    name = load_hub_sources()["toxigen_annotated"]["repo"]
+    ds = _hub(lambda: hub_dataset("toxigen_annotated"), f"dataset {name!r} (annotated)")
     frame = split_toxigen_annotated(ds["train"].to_pandas(), ds["test"].to_pandas(), seed=seed)
     return frame.rename(columns={"target_group": "group"})
 
 
 def load_mmlu_hub(split: str = "test") -> pd.DataFrame:
     """MMLU ``all`` from the hub, same columns as :func:`load_mmlu`."""
-    from datasets import load_dataset
-
-    frame = _hub(lambda: load_dataset("cais/mmlu", "all", split=split).to_pandas(), "dataset 'cais/mmlu' (all)")
+    frame = _hub(lambda: hub_dataset("mmlu", split=split).to_pandas(), "dataset 'cais/mmlu' (all)")
     frame["choices"] = frame["choices"].map(list)
     return frame[["subject", "question", "choices", "answer"]]
 
