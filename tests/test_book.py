@@ -584,3 +584,9 @@ def test_markdown_a_cell_displays_is_translated_like_a_markdown_cell():
     code = next(c for c in out.cells if c.cell_type == "code")
     shown = code.outputs[0]["data"]["text/markdown"]
     assert "{.callout-warning}" not in shown and ":class: warning" in shown and "{ref}`sec-t`" in shown, shown
+
+
+def test_run_times_are_written_in_minutes_and_seconds_without_a_60():
+    assert run_notebooks.format_seconds(12.34) == "12.3 s"
+    assert run_notebooks.format_seconds(1079.6) == "18 min 00 s"
+    assert run_notebooks.format_seconds(61.2) == "1 min 01 s"

@@ -333,7 +333,10 @@ def append_run(path: Path, notebook: str, record: dict, key: str) -> None:
 
 
 def format_seconds(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)  # round once, so that 1079.6 s is 18 min 00 s, not 17 min 60 s
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 def run_notebooks(
