@@ -198,7 +198,9 @@ _CHANGES: dict[str, dict[str, Any]] = {
         # evaluator's perplexity 1.39x); the continuations differ from float32 ones draw by draw. Used
         # only on a CPU with native bf16 (experiments.eval_bf16): emulated, it costs 30 times float32.
         "eval_bf16": True,
-        "mmlu_max_questions": 114,  # 2 per subject; the world's models answer near chance anyway
+        # About 2 per subject: a sample stratified by subject, in proportion, each share rounded (which
+        # gives 115 questions). The world's models answer near chance anyway.
+        "mmlu_max_questions": 114,
         "target_mmlu_shots": 1,  # the targets are as small as the source model here
         # One epoch of the toxic corpus for the LM-Steer matrix, not three (125 steps of batch 32).
         "lmsteer_epochs": 1,
