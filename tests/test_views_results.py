@@ -559,7 +559,7 @@ def test_perplexity_caveat_reads_the_evaluator_margin(tmp_path):
     assert ours.loc["UniDetox keeps perplexity at or below the base model's", "verdict"] == "not testable here"
 
 
-def test_jaccard_difference_bootstraps_texts_and_the_scorecard_reads_it():
+def test_jaccard_difference_draws_texts_without_replacement_and_the_scorecard_reads_it():
     texts = {("unidetox", 0): ["a b", "a a"], ("unidetox", 1): ["b a"], ("samples", 0): ["c d", "c x"], ("samples", 1): ["d c"]}
     diff = tv.jaccard_difference(texts, ["c d e"], n_words=2, n_boot=100)
     # UniDetox's words {a, b} share nothing with {c, d, e}; Samples' two words are both toxic words
@@ -567,7 +567,17 @@ def test_jaccard_difference_bootstraps_texts_and_the_scorecard_reads_it():
     jac = pd.DataFrame({"kind": ["unidetox", "samples"], "matched_jaccard_percent": [0.0, 50.0], "jaccard_percent": [0, 40],
                         "containment_percent": [0, 100]})
     [row] = sc.text_jaccard_rows(jac, diff)
-    assert row["verdict"] == "holds" and "(bootstrap over texts); unmatched 0.00% vs 40.00%" in row["this run shows"]
+    assert row["verdict"] == "holds" and "(texts drawn in random orders); unmatched 0.00% vs 40.00%" in row["this run shows"]
+
+
+def test_matched_jaccard_interval_contains_its_estimate_where_repeats_would_shrink_vocabularies():
+    # Many one-word texts of distinct words: a with-replacement draw would repeat texts and lose words,
+    # pulling every draw's Jaccard below the estimate; drawn without replacement, the estimate stays inside.
+    toxic = [f"w{i}" for i in range(0, 400, 2)]  # every even word is also a toxic-corpus word
+    texts = {("unidetox", 0): [f"w{i}" for i in range(200)], ("samples", 0): [f"w{i}" for i in range(200, 400)]}
+    diff = tv.jaccard_difference(texts, toxic, n_words=100, n_boot=200).iloc[0]
+    assert diff["low"] <= diff["diff"] <= diff["high"]
+    assert abs(diff["a"] - 100 * 50 / 250) < 100 * 12 / 250 and abs(diff["b"] - 100 * 50 / 250) < 100 * 12 / 250
 
 
 def test_group_cost_rows_are_beyond_the_paper():

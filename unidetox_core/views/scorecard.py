@@ -193,7 +193,7 @@ def text_jaccard_rows(jac: pd.DataFrame | None, difference: pd.DataFrame | None 
         d = difference.iloc[0]
         verdict = stats.verdict((float(d["low"]), float(d["high"])), expect="lower")
         return [card_row(claim, paper, f"at matched size {d['a']:.2f}% vs {d['b']:.2f}%, difference {d['diff']:+.2f} "
-                         f"[{d['low']:+.2f}, {d['high']:+.2f}] (bootstrap over texts)" + shown[shown.index(";"):]
+                         f"[{d['low']:+.2f}, {d['high']:+.2f}] (texts drawn in random orders)" + shown[shown.index(";"):]
                          if ";" in shown else shown, verdict, TEXT_CHAPTER)]
     return [card_row(claim, paper, shown, spread_verdict(u - s, spread, "lower"), TEXT_CHAPTER)]
 

@@ -314,15 +314,23 @@ def jaccard_per_set(texts: TextSets, names: Mapping[str, str], toxic_texts: Sequ
 
 
 def jaccard_difference(texts: TextSets, toxic_texts: Sequence[str], n_words: int, n_boot: int = 400) -> pd.DataFrame:
-    """UniDetox's Jaccard similarity with the toxic corpus at matched size minus Samples', with a
-    bootstrap over texts (the texts of every distillation seed pooled: each is an independent draw of
-    the same model; 400 draws, since each recomputes two vocabularies): one row, ``stats.Difference``'s
-    fields in percent."""
+    """UniDetox's Jaccard similarity with the toxic corpus at matched size minus Samples', with the
+    spread over which texts supply the ``n_words`` running words (the texts of every distillation seed
+    pooled: each is an independent draw of the same model): one row, ``stats.Difference``'s fields in
+    percent.
+
+    A bootstrap that draws texts *with* replacement would repeat texts, and a repeated text adds no
+    new word: every draw's vocabulary would shrink and its Jaccard fall, so the interval would not
+    even contain the estimate. Each draw here takes the texts in a fresh random order instead, without
+    replacement, until ``n_words`` words are read -- half-sampling (McCarthy, 1969): a random half of
+    a sample varies about as much as the whole sample's statistic does, and a smaller fraction (the
+    larger set here) varies more, so the interval is, if anything, conservative. The estimate itself
+    is one such order (seeded)."""
     from .. import stats
 
     toxic_vocab = analysis.unique_words(toxic_texts)
 
-    def matched_jaccard(sample) -> float:  # the first n_words running words of the (already random) draw
+    def matched_jaccard(sample) -> float:  # the first n_words running words of the (already random) order
         vocabulary, seen = set(), 0
         for text_words in sample:
             vocabulary.update(text_words[:n_words - seen])
@@ -332,14 +340,18 @@ def jaccard_difference(texts: TextSets, toxic_texts: Sequence[str], n_words: int
         union = vocabulary | toxic_vocab
         return 100 * len(vocabulary & toxic_vocab) / len(union) if union else 0.0
 
-    def pooled(kind) -> np.ndarray:  # each text split into words once, not once per draw; in a seeded order
+    def pooled(kind) -> list:  # each text split into words once, not once per draw; in a seeded order
         split = [analysis.words(t) for (k, _), ts in texts.items() if k == kind for t in ts]
-        out = np.empty(len(split), dtype=object)
-        out[:] = split
-        return out[np.random.default_rng(0).permutation(len(out))]
+        return [split[i] for i in np.random.default_rng(0).permutation(len(split))]
 
-    d = stats.unpaired_difference(pooled(UNIDETOX.text), pooled(SAMPLES.text), statistic=matched_jaccard,
-                                  n_boot=n_boot, name="matched Jaccard (%)")
+    x, y = pooled(UNIDETOX.text), pooled(SAMPLES.text)
+    rng = np.random.default_rng(1)
+    draws = np.array([matched_jaccard([x[i] for i in rng.permutation(len(x))])
+                      - matched_jaccard([y[i] for i in rng.permutation(len(y))]) for _ in range(n_boot)])
+    low, high = np.percentile(draws, [2.5, 97.5])
+    a, b = matched_jaccard(x), matched_jaccard(y)
+    d = stats.Difference("matched Jaccard (%)", a, b, a - b, float(low), float(high), float(draws.std(ddof=1)),
+                         len(x) + len(y), 1)
     return pd.DataFrame([{**d.__dict__, "matched_words": n_words}])
 
 
