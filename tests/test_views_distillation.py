@@ -436,11 +436,9 @@ def test_taylor_fit_and_sentence():
     assert fit["slope"] == pytest.approx((s * g).sum() / (s * s).sum())
     assert fit["same"] == pytest.approx(7 / 8)
     text = A.taylor_sentence(align, 50.0)
-    assert text.startswith(f"Over all 8 texts the first-order estimate tracks the exact score partly: Pearson r = {fit['r']:.2f}")
+    assert text.startswith(f"Over all 8 texts, the first-order estimate against the exact score: Pearson r = {fit['r']:.2f}")
     assert "same sign for 88% of texts" in text and "The toxic vector is 1.00% of the weights' norm" in text
-    exact = align.assign(grad_dot=align["contrastive_score"])
-    assert "tracks the exact score closely" in A.taylor_sentence(exact, 50.0)
-    assert "does not track" in A.taylor_sentence(exact.assign(grad_dot=-exact["grad_dot"]), 50.0)
+    assert "track" not in text  # numbers only: the chapter's prose reads them
 
 
 def test_superiority_is_the_probability_of_a_higher_cosine():
@@ -451,18 +449,15 @@ def test_superiority_is_the_probability_of_a_higher_cosine():
     assert math.isnan(A.superiority(align, "UniDetox", "nothing"))
 
 
-def test_cosine_sentences_weigh_the_evidence():
+def test_cosine_sentences_give_the_numbers():
     align = align_frame()
     text = A.cosine_sentences(align, A.summary_table(align))
     assert text.startswith("The median cosine is 0.2000 for UniDetox texts, 0.0000 for samples and -0.2500 for "
                            "toxic-corpus texts. A random UniDetox text has a higher cosine than a random sample with "
                            "probability 0.89")
     assert "with 3 and 3 texts" in text
-    assert "not significant at the 5% level" in text  # 3 against 3 cannot reach p < 0.05
-    many = pd.concat([align] * 4, ignore_index=True)
-    assert "This is what Eq. 5 predicts" in A.cosine_sentences(many, A.summary_table(many))
-    flipped = align.assign(cosine=-align["cosine"])
-    assert "is not borne out" in A.cosine_sentences(flipped, A.summary_table(flipped))
+    assert "Mann-Whitney p = 0.2 with 3 and 3 texts" in text  # 3 against 3: scipy's two-sided p
+    assert "Eq. 5" not in text  # numbers only: the chapter's prose reads them
 
 
 def test_extreme_texts():

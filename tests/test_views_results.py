@@ -330,7 +330,7 @@ def test_toxicity_paragraph_compares_unidetox_with_samples():
         "under tox, the UniDetox text's mean score is 0.3000, lower than the Samples text's 0.5000 "
         "(a difference larger than the seed-to-seed standard deviation, 0.1000)")
     paragraph = tv.toxicity_paragraph(tox, 2)
-    assert paragraph.startswith("In this run, under tox") and paragraph.endswith("agrees in direction under every scorer.")
+    assert paragraph.startswith("In this run (2 seed(s)), under tox") and paragraph.endswith("for the samples, under Detoxify.")
     assert tv.toxicity_paragraph(tox[tox["kind"] == "samples"], 2) is None
 
 
@@ -366,7 +366,7 @@ def test_leaning_table_rows_and_paragraph():
     paragraph = tv.leaning_paragraph(lean, reference)
     # Gaps: UniDetox 75 - 25 = +50, Samples 0 - 50 = -50: equally one-sided.
     assert paragraph.startswith("The left-minus-right gap is -50.0 points for this run's Samples and +50.0 for its")
-    assert "Unlike the paper" in paragraph and "by up to 20.0 points" in paragraph
+    assert "paper" not in paragraph.split(").")[1] and "by up to 20.0 points" in paragraph  # numbers, no reading
     assert paragraph.endswith("vary by a standard deviation of up to 25.0 points.")
     rows = tv.leaning_rows(lean, reference)
     assert len(rows) == 4 and rows["scorer"].eq("lean").all()

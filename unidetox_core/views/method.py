@@ -205,7 +205,10 @@ def plot_pipeline():
         (x0, y0, _), (x1, y1, _) = PIPELINE_BOXES[start], PIPELINE_BOXES[end]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops=dict(arrowstyle="-|>", color="#555555", shrinkA=38, shrinkB=38))
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, label, ha="center", va="bottom", fontsize=8, color="#333333")
+        if x0 == x1:  # a vertical arrow: its label beside it, not across it
+            ax.text(x0 + 0.12, (y0 + y1) / 2, label, ha="left", va="center", fontsize=8, color="#333333")
+        else:
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, label, ha="center", va="bottom", fontsize=8, color="#333333")
     plt.tight_layout()
     return fig
 

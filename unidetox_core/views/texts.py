@@ -174,16 +174,13 @@ def compare_sentence(table: pd.DataFrame, value: str, what: str, digits: int = 4
 
 
 def toxicity_paragraph(toxicity: pd.DataFrame, n_seeds: int) -> str | None:
-    """The chapter's reading of Table 3's toxicity: this run's UniDetox vs Samples mean scores, and
-    whether it agrees in direction with the paper under every scorer; None without both sets."""
+    """Table 3's toxicity in numbers: this run's UniDetox vs Samples mean scores under each scorer,
+    beside the paper's; None without both sets. The reading is the chapter's hand-written prose."""
     sentence = compare_sentence(toxicity, "mean_score", "mean score")
     if not sentence:
         return None
-    means = toxicity.pivot_table(index="scorer", columns="kind", values="mean_score")
-    agrees = bool((means[UNIDETOX.text] < means[SAMPLES.text]).all())
-    return (f"In this run, {sentence}. The paper reports UniDetox's text as less toxic than the samples under Detoxify "
-            f"(0.003 ± 0.001 vs 0.008 ± 0.002); with {n_seeds} seed(s) and the profile's instruments, this run "
-            + ("agrees in direction under every scorer." if agrees else "does not agree in direction under every scorer."))
+    return (f"In this run ({n_seeds} seed(s)), {sentence}. The paper reports 0.003 ± 0.001 for UniDetox's text "
+            "and 0.008 ± 0.002 for the samples, under Detoxify.")
 
 
 # ----------------------------------------------------------------------------- political leaning (Table 3)
@@ -264,19 +261,17 @@ def leaning_figure(leaning: pd.DataFrame, reference: list[dict]):
 
 
 def leaning_paragraph(leaning: pd.DataFrame, reference: list[dict]) -> str | None:
-    """The chapter's reading of the leaning table: the left-minus-right gap of this run's Samples and
-    UniDetox texts against the paper's, whether UniDetox is the less one-sided, how far the
-    classifier is off on AllSides articles, and the seed-to-seed spread; None without both sets."""
+    """The leaning table in numbers: the left-minus-right gap of this run's Samples and UniDetox texts
+    beside the paper's, how far the classifier is off on AllSides articles, and the seed-to-seed
+    spread; None without both sets. The reading is the chapter's hand-written prose."""
     lean = leaning.set_index("kind")
     if not {UNIDETOX.text, SAMPLES.text} <= set(lean.index):
         return None
     gap = {k: lean.loc[k, "left_mean"] - lean.loc[k, "right_mean"] for k in (UNIDETOX.text, SAMPLES.text)}
     u, s = gap[UNIDETOX.text], gap[SAMPLES.text]
     return (f"The left-minus-right gap is {s:+.1f} points for this run's Samples and {u:+.1f} for its "
-            f"UniDetox text (paper reports: +27.5 for GPT-2 XL's samples, +14.4 for its UniDetox text). "
-            + ("As in the paper, the UniDetox text is the less one-sided of the two here." if abs(u) < abs(s) else
-               "Unlike the paper, the UniDetox text is not the less one-sided of the two here.")
-            + (f" Read such differences against the instrument: on held-out AllSides articles its shares differ from the true "
+            f"UniDetox text (paper reports: +27.5 for GPT-2 XL's samples, +14.4 for its UniDetox text)."
+            + (f" On held-out AllSides articles the classifier's shares differ from the true "
                f"labels by up to {max(abs(reference[0][c] - reference[1][c]) for c in LEANINGS):.1f} points."
                if reference else "")
             + f" Across seeds, the shares of this run's sets vary by a standard deviation of up to "
