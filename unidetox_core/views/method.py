@@ -158,6 +158,7 @@ def real_step_table(base, toxic, tokenizer, *, prefix: str = "", alpha: float = 
     scores = distill.contrastive_scores(log_base, log_toxic, alpha=alpha)
     sampled = int(distill.gumbel_sample(scores[None], torch.Generator().manual_seed(seed))[0])
     ratio = log_base - log_toxic
+    p_sample = torch.softmax(scores, dim=-1)
     chosen = {int(i): "base favourite" for i in log_base.topk(top).indices}
     for i in ratio.topk(3).indices:
         chosen.setdefault(int(i), "largest ratio")
@@ -169,7 +170,7 @@ def real_step_table(base, toxic, tokenizer, *, prefix: str = "", alpha: float = 
         "p_toxic": float(log_toxic[i].exp()),
         "s = log p_base - log p_toxic": float(ratio[i]),
         "plausible": bool(torch.isfinite(scores[i])),
-        "p_sample": float(torch.softmax(scores, dim=-1)[i]),
+        "p_sample": float(p_sample[i]),
     } for i, role in chosen.items()]
     return pd.DataFrame(rows), shown_token(tokenizer, sampled, scorer), int(torch.isfinite(scores).sum())
 
