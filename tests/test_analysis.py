@@ -112,6 +112,19 @@ def test_stage_times_reads_the_run_log_of_the_profile(tmp_path):
     assert analysis.world_times(P).empty
 
 
+def test_stage_keys_do_not_depend_on_where_the_cache_is(tmp_path):
+    # A model the cache built enters a key relative to the cache: a cache moved to another checkout
+    # keeps its keys. A path outside the cache stays as it is.
+    here, there = tmp_path / "a" / "cache", tmp_path / "b" / "cache"
+    config = lambda cache: {"base": str(cache / "world" / "gpt2-bpe-1"), "texts": [str(cache / "distilled" / "t.csv")],
+                            "data": "/elsewhere/data.csv", "lr": 1e-4}
+    assert stages.folder(here, "detox", "m", config(here)).name == stages.folder(there, "detox", "m", config(there)).name
+    assert stages.stage_key(here, config(here)) == config_key({"base": "<cache>/world/gpt2-bpe-1", "lr": 1e-4,
+                                                                "texts": ["<cache>/distilled/t.csv"],
+                                                                "data": "/elsewhere/data.csv"})
+    assert stages.stage_key(here, {"base": str(tmp_path / "a" / "cache2")}) == config_key({"base": str(tmp_path / "a" / "cache2")})
+
+
 def test_timed_stages_write_a_manifest_and_a_line_of_the_log(tmp_path):
     cache = tmp_path / "cache"
     where = stages.folder(cache, "eval", "base-gpt2-bpe", {"seed": 1})

@@ -80,6 +80,11 @@ def replicate_prompts(P: dict, selected: pd.DataFrame, replicates: int | None = 
     seeds = list(P["seeds"] if seeds is None else seeds)
     if replicates < 1:
         raise ValueError(f"replicates={replicates} must be at least 1 (1 = the main run only).")
+    # The replicates are independent pipelines: they run side by side, one per worker. Most of a
+    # replicate (pre-training, distillation) is single-threaded, so one after the other they would
+    # leave a core of the 2-core machine idle.
+    E.run_side_by_side(P, build_replicate, [(P, r, selected, split, seeds) for r in range(1, replicates)],
+                       desc="replicates", progress=progress)
     parts = []
     for r in range(replicates):
         Pr = replicate_profile(P, r)
@@ -90,6 +95,17 @@ def replicate_prompts(P: dict, selected: pd.DataFrame, replicates: int | None = 
             for seed in seeds:
                 parts.append(E.per_prompt_rows(Pr, spec, split, seed).assign(replicate=r, variant=name, split=split))
     return pd.concat(parts, ignore_index=True)
+
+
+def build_replicate(P: dict, replicate: int, selected: pd.DataFrame, split: str = "test", seeds=None) -> None:
+    """Build replicate ``replicate`` -- its world model, toxic model, texts, fine-tunes -- and evaluate
+    its core variants on ``split``, all in this process with ``P['eval_threads']`` torch threads:
+    the same numbers whether it runs here or in a worker beside another replicate."""
+    Pr = {**replicate_profile(P, replicate), "eval_workers": 1}
+    with E.eval_threads(P):
+        variants = core_variants(P, replicate, selected)
+        E.evaluate_specs(Pr, [(spec, split, int(seed)) for spec in variants.values()
+                              for seed in (P["seeds"] if seeds is None else seeds)], progress=False)
 
 
 def replicate_claims(prompts: pd.DataFrame, metric: str = "TP_all", *, n_boot: int = stats.N_BOOT,

@@ -1,8 +1,9 @@
 """Cached stages: every expensive step of the book is one folder, named by what made it.
 
 - ``folder(cache_dir, stage, label, config)`` is ``<cache_dir>/<stage>/<label>-<key>``, the key a
-  hash of ``config`` (``cache.config_key``): a changed setting makes a new folder and leaves the old
-  one, so going back to a setting finds its results again.
+  hash of ``config`` (``stage_key``: paths inside the cache enter it relative to the cache): a
+  changed setting makes a new folder and leaves the old one, so going back to a setting finds its
+  results again.
 - ``timed(...)`` wraps the computation of a stage that is not in the cache yet. When it finishes it
   writes ``manifest.json`` into the folder (stage, label, config, seconds, what it produced) and
   appends the same record as one line to ``<cache_dir>/runs.jsonl``, the run log.
@@ -35,9 +36,28 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name).split("world:")[-1].rstrip("/").split("/")[-1])[:60]
 
 
+def stage_key(cache_dir, config: dict[str, Any]) -> str:
+    """The key of ``config`` as if ``cache_dir`` were elsewhere: paths inside the cache (a model a
+    stage built, a text it sampled) enter the key relative to it, so a cache moved to another
+    checkout or machine is found again rather than recomputed."""
+    return config_key(_relative_to(config, str(Path(cache_dir).resolve())))
+
+
+def _relative_to(value: Any, root: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _relative_to(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_to(v, root) for v in value]
+    if isinstance(value, (str, Path)) and os.path.isabs(str(value)):
+        path = str(value)
+        if path == root or path.startswith(root + os.sep):
+            return "<cache>/" + os.path.relpath(path, root).replace(os.sep, "/")
+    return value
+
+
 def folder(cache_dir, stage: str, label: str, config: dict[str, Any]) -> Path:
     """Where the stage ``stage`` made from ``config`` lives: ``<cache_dir>/<stage>/<label>-<key>``."""
-    return Path(cache_dir) / stage / f"{slug(label)}-{config_key(config)}"
+    return Path(cache_dir) / stage / f"{slug(label)}-{stage_key(cache_dir, config)}"
 
 
 @contextlib.contextmanager
@@ -58,7 +78,7 @@ def timed(cache_dir, stage: str, label: str, config: dict[str, Any], where: Path
     load_start = os.getloadavg()[0]
     yield facts
     record = {
-        "stage": stage, "label": label, "profile": profile, "key": config_key(config),
+        "stage": stage, "label": label, "profile": profile, "key": stage_key(cache_dir, config),
         "folder": os.path.relpath(where, cache_dir) if inside else str(where),
         "seconds": round(time.perf_counter() - started, 3),
         "cpu_seconds": round(time.process_time() - cpu_started, 3),
