@@ -34,10 +34,10 @@ notebooks: data
 	$(PY) tools/run_notebooks.py --profile $(PROFILE)
 
 html: install
-	$(PY) tools/build_book.py
+	$(PY) tools/build_book.py --profile $(PROFILE)
 
 book: notebooks
-	$(PY) tools/build_book.py
+	$(PY) tools/build_book.py --profile $(PROFILE)
 
 test: data
 	$(PY) -m pytest

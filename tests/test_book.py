@@ -392,6 +392,30 @@ def _admonition(page: str, kind: str, title: str) -> bool:
     return re.search(pattern, page) is not None
 
 
+def test_another_profile_renders_its_own_executed_chapters(tmp_path):
+    root = tmp_path / "book"
+    shutil.copytree(FIXTURES / "book", root)
+    assert build_book.stage_profile(root, "mini") == root
+    with pytest.raises(SystemExit, match=r"--profile paper: 1 of 1 chapters were not executed.*make notebooks PROFILE=paper"):
+        build_book.stage_profile(root, "paper")
+    executed = root / "results" / "paper" / "notebooks"
+    executed.mkdir(parents=True)
+    notebook = nbformat.read(root / "notebooks" / "results.ipynb", as_version=4)
+    notebook.cells.append(new_markdown_cell("PAPER-PROFILE-MARKER"))
+    nbformat.write(notebook, executed / "results.ipynb")
+    stage = build_book.stage_profile(root, "paper")
+    assert stage == root / "_build" / "profiles" / "paper"
+    assert "PAPER-PROFILE-MARKER" in (stage / "notebooks" / "results.ipynb").read_text()
+    assert "PAPER-PROFILE-MARKER" not in (root / "notebooks" / "results.ipynb").read_text()
+    assert (stage / "more" / "extra.qmd").read_bytes() == (root / "more" / "extra.qmd").read_bytes()
+    index = (stage / "index.qmd").read_text()
+    assert index.startswith("# Introduction {.unnumbered #sec-intro}\n") and "**paper** profile" in index
+    assert build_book.quarto_chapter_numbers(stage, build_book.load_quarto_config(stage)) == \
+        build_book.quarto_chapter_numbers(root, build_book.load_quarto_config(root))
+    with pytest.raises(SystemExit, match="profile name"):
+        build_book.stage_profile(root, "../x")
+
+
 @pytest.fixture(scope="module")
 def fixture_book(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("book") / "book"

@@ -20,6 +20,7 @@ run beforehand by ``tools/run_notebooks.py``. A second build with nothing change
     python tools/build_book.py            # render (Quarto if present, else Jupyter Book)
     python tools/build_book.py --force    # rebuild even if nothing changed
     python tools/build_book.py --engine jupyter-book   # use the offline route even if Quarto exists
+    python tools/build_book.py --profile paper         # the chapters in results/paper/notebooks
 """
 
 from __future__ import annotations
@@ -957,6 +958,9 @@ def jupyter_book_config(config: dict, mathjax: str | None) -> dict:
         "suppress_warnings": ["mystnb.unknown_mime_type"],
         "html_static_path": [VENDOR_DIR],
         "html_css_files": [COMPAT_CSS],
+        # Markdown that a cell displays is translated like the pages (callouts, references), so
+        # myst-nb must read it as MyST, not as its default CommonMark.
+        "nb_render_markdown_format": "myst",
     }
     if mathjax:
         sphinx_config["mathjax_path"] = mathjax
@@ -1272,6 +1276,50 @@ def build_with_quarto(root: Path, quarto: str) -> Path:
     return root / output_dir
 
 
+DEFAULT_PROFILE = "mini"  # the profile whose executed chapters are the notebooks themselves
+PROFILE_BUILDS = "profiles"  # under BUILD_DIR: one staged project per other profile
+
+
+def stage_profile(root: Path, profile: str) -> Path:
+    """The project to render for ``profile``: ``root`` itself for the default profile, whose executed
+    chapters are ``notebooks/``; for any other, a copy of the book's sources in
+    ``_build/profiles/<profile>`` whose notebooks are ``results/<profile>/notebooks`` (where
+    ``tools/run_notebooks.py`` writes every other profile's chapters), with a note on the preface
+    saying which profile the reader is looking at."""
+    if profile == DEFAULT_PROFILE:
+        return root
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
+        raise SystemExit(f"--profile {profile!r}: use a profile name such as 'paper' or 'tiny'.")
+    config = load_quarto_config(root)
+    executed = root / "results" / profile / "notebooks"
+    notebooks = [c for c in chapter_paths(config) if c.endswith(".ipynb")]
+    missing = [Path(c).name for c in notebooks if not (executed / Path(c).name).exists()]
+    if missing:
+        raise SystemExit(f"--profile {profile}: {len(missing)} of {len(notebooks)} chapters were not executed on this "
+                         f"profile (none in {executed.relative_to(root)}: {', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}). Run `make notebooks PROFILE={profile}` first.")
+    stage = root / BUILD_DIR / PROFILE_BUILDS / profile
+    chapters = chapter_paths(config)
+    # The pages, and what sits beside them in their folders (includes, _metadata.yml): all but notebooks.
+    sources = {root / "_quarto.yml", *(root / c for c in chapters if not c.endswith(".ipynb"))}
+    for folder in {(root / c).parent for c in chapters} - {root}:
+        sources.update(f for f in folder.iterdir() if f.is_file() and f.suffix != ".ipynb")
+    for source in sorted(sources):
+        write_if_changed(stage / source.relative_to(root), source.read_bytes())
+    for chapter in notebooks:
+        write_if_changed(stage / chapter, (executed / Path(chapter).name).read_bytes())
+    front, _, rest = (root / chapters[0]).read_text(encoding="utf-8").partition("\n")
+    note = (f"\n::: {{.callout-important}}\n## The {profile} profile\n\nThis rendering shows the chapters as executed "
+            f"on the **{profile}** profile (`results/{profile}/notebooks`). The book's committed chapters, and every "
+            f"number its prose quotes, are the {DEFAULT_PROFILE} profile's.\n:::\n")
+    write_if_changed(stage / chapters[0], front + "\n" + note + rest)
+    cache = stage / "cache"  # the local MathJax lives in the project's cache (_quarto.yml `resources`)
+    if not cache.exists():
+        (root / "cache").mkdir(exist_ok=True)
+        cache.symlink_to(root / "cache", target_is_directory=True)
+    return stage
+
+
 def build_book(root: Path = ROOT, engine: str = "auto", force: bool = False) -> Path:
     """Render the book at ``root``; return the HTML folder."""
     quarto = shutil.which("quarto")
@@ -1287,8 +1335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the project folder holding _quarto.yml")
     parser.add_argument("--engine", choices=("auto", "quarto", "jupyter-book"), default="auto")
     parser.add_argument("--force", action="store_true", help="rebuild every page even if nothing changed")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"whose executed chapters to render (default {DEFAULT_PROFILE}: notebooks/; another "
+                             "profile: results/<profile>/notebooks, into _build/profiles/<profile>/_build/html)")
     args = parser.parse_args(argv)
-    build_book(args.root.resolve(), engine=args.engine, force=args.force)
+    build_book(stage_profile(args.root.resolve(), args.profile), engine=args.engine, force=args.force)
     return 0
 
 
