@@ -241,15 +241,39 @@ def test_dghs_filter_keeps_train_hate_of_the_34_targets():
     assert len(data.DGHS_TARGETS) == 34 == len(set(data.DGHS_TARGETS))
 
 
+# The features of the hub's toxigen/toxigen-data `annotated` configuration (its dataset card): ratings, no label.
+TOXIGEN_ANNOTATED_COLUMNS = ["text", "target_group", "factual?", "ingroup_effect", "lewd", "framing", "predicted_group",
+                             "stereotyping", "intent", "toxicity_ai", "toxicity_human", "predicted_author",
+                             "actual_method"]
+
+
+def _toxigen_annotated(texts, groups, ai, human) -> pd.DataFrame:
+    frame = pd.DataFrame({c: [""] * len(texts) for c in TOXIGEN_ANNOTATED_COLUMNS})
+    frame["text"], frame["target_group"] = texts, groups
+    frame["toxicity_ai"], frame["toxicity_human"] = [float(a) for a in ai], [float(h) for h in human]
+    return frame
+
+
+def test_toxigen_annotated_rows_get_labels_from_the_two_ratings():
+    frame = _toxigen_annotated(["a", "b", "c", "d"], ["women", "black", "jewish", "lgbtq"], [3, 2.5, 1, 5], [2.6, 3, 1, 4])
+    kept = data.filter_toxigen_annotated(frame)
+    # hate when toxicity_ai + toxicity_human > 5.5: 5.6 yes, 5.5 no, 2 no, 9 yes
+    assert kept["label"].tolist() == ["hate", "neutral", "neutral", "hate"]
+    with pytest.raises(ValueError, match="toxicity_human"):
+        data.filter_toxigen_annotated(frame.drop(columns=["toxicity_human"]))
+
+
 def test_toxigen_annotated_split_takes_ten_percent_of_train_as_validation():
     groups = list(data.TOXIGEN_ID_GROUPS) + list(data.TOXIGEN_OOD_GROUPS) + ["other group"]
-    train = pd.DataFrame({"text": [f"t{i}" for i in range(270)], "target_group": [groups[i % len(groups)] for i in range(270)]})
-    test = pd.DataFrame({"text": ["u1", "u2", "u3"], "target_group": ["women", "physical_dis", "other group"]})
+    train = _toxigen_annotated([f"t{i}" for i in range(270)], [groups[i % len(groups)] for i in range(270)],
+                               [i % 5 + 1 for i in range(270)], [(i // 5) % 5 + 1 for i in range(270)])
+    test = _toxigen_annotated(["u1", "u2", "u3"], ["women", "physical_dis", "other group"], [1, 5, 1], [1, 5, 1])
     frame = data.split_toxigen_annotated(train, test, seed=0)
     kept_train = train["target_group"].isin(groups[:-1]).sum()
     assert (frame["split"] == "val").sum() == round(kept_train * 0.1)
     assert frame.loc[frame["split"] == "test", "text"].tolist() == ["u1", "u2"]
     assert frame.loc[frame["text"] == "u2", "domain"].item() == "OOD"
+    assert frame.loc[frame["text"] == "u2", "label"].item() == "hate"
     assert frame.equals(data.split_toxigen_annotated(train, test, seed=0))
     assert len(data.TOXIGEN_ID_GROUPS) == 23 and len(data.TOXIGEN_OOD_GROUPS) == 4
 

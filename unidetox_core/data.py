@@ -534,7 +534,21 @@ def filter_toxigen_annotated(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.loc[frame["target_group"].isin(groups)].copy()
     out["category"] = out["target_group"].map(groups)
     out["domain"] = out["category"].map(_domain)
+    if "label" not in out.columns:  # the hub's `annotated` configuration has ratings, not labels
+        out["label"] = toxigen_annotated_labels(out)
     return out.reset_index(drop=True)
+
+
+def toxigen_annotated_labels(frame: pd.DataFrame) -> pd.Series:
+    """``hate`` / ``neutral`` from ToxiGen's two human ratings (1-5; raters told the text came from an
+    AI, ``toxicity_ai``, or from a person, ``toxicity_human``): hate when their sum exceeds 5.5, the
+    rule of lm-evaluation-harness's ToxiGen task, so the labels match that widely used reading."""
+    missing = [c for c in ("toxicity_ai", "toxicity_human") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"ToxiGen annotated rows lack {missing}: expected the hub's `annotated` columns "
+                         "(text, target_group, toxicity_ai, toxicity_human, ...).")
+    hateful = (frame["toxicity_ai"].astype(float) + frame["toxicity_human"].astype(float)) > 5.5
+    return hateful.map({True: "hate", False: "neutral"})
 
 
 def split_toxigen_annotated(train: pd.DataFrame, test: pd.DataFrame, seed: int = 0, val_fraction: float = 0.1) -> pd.DataFrame:
