@@ -142,31 +142,18 @@ def test_toxicity_table_names_scorers_and_paper_numbers():
     assert table.loc["Samples", "mean (lexicon)"] == 0.6
 
 
-@pytest.mark.parametrize("unidetox, samples, expected", [
-    ((0.1, 0.1), (0.2, 0.2), "As in the paper"),
-    ((0.1, 0.3), (0.2, 0.2), "under one scorer but not the other"),
-    ((0.3, 0.3), (0.2, 0.2), "*not* less toxic"),
-])
-def test_toxicity_sentence_orders_unidetox_and_samples(unidetox, samples, expected):
-    stats = pd.DataFrame({"text": ["unidetox", "samples"], "mean_score": [unidetox[0], samples[0]],
-                          "mean_score2": [unidetox[1], samples[1]]})
-    sentence = D.toxicity_sentence(stats, P)
-    assert expected in sentence
-    assert sentence.startswith(f"UniDetox's text scores {unidetox[0]:.4f} on average under lexicon")
+def test_toxicity_sentence_gives_both_texts_under_both_scorers():
+    stats = pd.DataFrame({"text": ["unidetox", "samples"], "mean_score": [0.1, 0.2], "mean_score2": [0.3, 0.25]})
+    assert D.toxicity_sentence(stats, P) == ("UniDetox's text scores 0.1000 on average under lexicon and 0.3000 under "
+                                             f"{P['second_toxicity_scorer']}; the Samples text 0.2000 and 0.2500.")
 
 
-def support_stats(unidetox):
-    return pd.DataFrame({"text": ["unidetox", "samples", "unidetox_alpha", "unidetox_topk", "cut_only"],
-                         "mean_support": [unidetox, 300.0, 40.0, 20.0, 25.0]})
-
-
-def test_support_sentence_says_whether_top_k_can_bind():
-    low = D.support_sentence(support_stats(30.0), P, 0.05, 50)
-    assert low.startswith("Average support per step: 30.0 tokens for UniDetox (alpha = 0.1, top-k off), 40.0 with")
-    assert "can bind only at the steps" in low
-    assert "must bind at some steps" in D.support_sentence(support_stats(80.0), P, 0.05, 50)
-    other = D.support_sentence(support_stats(80.0), P, 0.05, 0)
-    assert "top-k off" in other and "bind" not in other
+def test_support_sentence_gives_every_text_s_support():
+    stats = pd.DataFrame({"text": ["unidetox", "samples", "unidetox_alpha", "unidetox_topk", "cut_only"],
+                          "mean_support": [30.0, 300.0, 40.0, 20.0, 25.0]})
+    assert D.support_sentence(stats, P, 0.05, 50) == (
+        "Average support per step: 30.0 tokens for UniDetox (alpha = 0.1, top-k off), 40.0 with alpha = 0.05, "
+        "20.0 with top-k 50, 25.0 for the cut alone and 300.0 for plain Samples (the whole vocabulary).")
 
 
 def controls_frame() -> pd.DataFrame:

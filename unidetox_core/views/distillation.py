@@ -171,36 +171,21 @@ def toxicity_table(stats: pd.DataFrame, P: dict) -> pd.DataFrame:
 
 
 def toxicity_sentence(stats: pd.DataFrame, P: dict) -> str:
-    """Markdown: UniDetox's and Samples' mean scores under both scorers, and whether the paper's
-    ordering (the distilled text is the less toxic) holds under both, one or neither."""
+    """Markdown: UniDetox's and Samples' mean scores under both scorers (numbers only; the chapter
+    reads them)."""
     t = stats.set_index("text")
-    lower = [t.loc["unidetox", column] < t.loc["samples", column] for column in ("mean_score", "mean_score2")]
-    return (
-        f"UniDetox's text scores {t.loc['unidetox', 'mean_score']:.4f} on average under {P['toxicity_scorer']} and "
-        f"{t.loc['unidetox', 'mean_score2']:.4f} under {P['second_toxicity_scorer']}; the Samples text "
-        f"{t.loc['samples', 'mean_score']:.4f} and {t.loc['samples', 'mean_score2']:.4f}. "
-        + ("As in the paper, the distilled text is the less toxic of the two under both scorers." if all(lower) else
-           "The distilled text is less toxic than Samples under one scorer but not the other, so the paper's ordering holds only in part here." if any(lower) else
-           "Unlike the paper, the distilled text is *not* less toxic than Samples under either scorer at this seed.")
-    )
+    return (f"UniDetox's text scores {t.loc['unidetox', 'mean_score']:.4f} on average under {P['toxicity_scorer']} "
+            f"and {t.loc['unidetox', 'mean_score2']:.4f} under {P['second_toxicity_scorer']}; the Samples text "
+            f"{t.loc['samples', 'mean_score']:.4f} and {t.loc['samples', 'mean_score2']:.4f}.")
 
 
 def support_sentence(stats: pd.DataFrame, P: dict, alt_alpha: float, alt_top_k: int) -> str:
-    """Markdown: the average sampling support of every generated text and, when the alternative top-k
-    is the official 50, whether that filter can bind given UniDetox's average support."""
+    """Markdown: the average sampling support of every generated text (numbers only)."""
     support = stats.set_index("text")["mean_support"]
-    return (
-        f"Average support per step: {support['unidetox']:.1f} tokens for UniDetox (alpha = {P['distill_alpha']}, "
-        f"top-k {P['distill_top_k'] or 'off'}), {support['unidetox_alpha']:.1f} with alpha = {alt_alpha}, "
-        f"{support['unidetox_topk']:.1f} with top-k {alt_top_k or 'off'}, {support['cut_only']:.1f} for the cut alone "
-        f"and {support['samples']:.1f} for plain Samples (the whole vocabulary). "
-        + (f"With about {support['unidetox']:.0f} tokens passing the cut on average, a top-k of 50 "
-           + ("can bind only at the steps where the cut is unusually permissive, so the official text should differ "
-              "little from the paper's formula." if support['unidetox'] < 50 else
-              "must bind at some steps (an average above 50 needs them), so the official text was sampled from a "
-              "narrower distribution than the paper's formula; the drop in average support with top-k shows by how much.")
-           if alt_top_k == 50 else "")
-    )
+    return (f"Average support per step: {support['unidetox']:.1f} tokens for UniDetox (alpha = {P['distill_alpha']}, "
+            f"top-k {P['distill_top_k'] or 'off'}), {support['unidetox_alpha']:.1f} with alpha = {alt_alpha}, "
+            f"{support['unidetox_topk']:.1f} with top-k {alt_top_k or 'off'}, {support['cut_only']:.1f} for the cut "
+            f"alone and {support['samples']:.1f} for plain Samples (the whole vocabulary).")
 
 
 # ------------------------------------------------------------------- fine-tuning on every text
