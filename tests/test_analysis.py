@@ -112,6 +112,23 @@ def test_stage_times_reads_the_run_log_of_the_profile(tmp_path):
     assert analysis.world_times(P).empty
 
 
+def test_prompt_costs_sum_the_evaluations_of_each_split(tmp_path):
+    from unidetox_core import compute
+
+    P = load_profile("mini", cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    _run(P, "eval", "base", {"s": 1}, 50.0, split="test", continuations=70 * 25)
+    _run(P, "eval", "unidetox", {"s": 2}, 90.0, split="test", continuations=70 * 25)
+    _run(P, "eval", "base", {"s": 3}, 40.0, split="val", continuations=50 * 25)
+    _run(P, "toxic", "m", {"s": 4}, 500.0)
+    costs = compute.prompt_costs(P, detectable={"test": 0.2})
+    test = costs.set_index("split").loc["test"]
+    assert costs["split"].tolist() == ["test", "val"] and test["evaluations"] == 2 and test["prompts"] == 70
+    assert test["seconds"] == 140.0 and test["seconds per prompt"] == pytest.approx(2.0)
+    assert test["build minutes"] == pytest.approx(140.0 / 2 / 60)  # two evaluations at a time on mini
+    assert test["at twice the prompts"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert np.isnan(costs.set_index("split").loc["val", "at twice the prompts"])
+
+
 def test_stage_keys_do_not_depend_on_where_the_cache_is(tmp_path):
     # A model the cache built enters a key relative to the cache: a cache moved to another checkout
     # keeps its keys. A path outside the cache stays as it is.

@@ -283,15 +283,15 @@ def stage_times(P: dict):
 
     Columns: ``stage`` (``toxic``, ``distilled``, ``detox``, ``lmsteer``, ``eval``, ``mmlu``,
     ``world``), ``label``, ``seconds``, ``cpu_seconds``, ``model``, ``text``, ``seed``, ``alpha``,
-    ``top_k``, ``lr``, ``steps``, ``tokens``, ``tokens_per_s``, ``finished`` and ``folder``
-    (relative to the cache); a fact a stage does not have is NaN.
+    ``top_k``, ``lr``, ``steps``, ``tokens``, ``tokens_per_s``, ``split`` and ``continuations`` (of an
+    evaluation), ``finished`` and ``folder`` (relative to the cache); a fact a stage does not have is NaN.
     """
     import pandas as pd
 
     from . import stages
 
     columns = ["stage", "label", "seconds", "cpu_seconds", "model", "text", "seed", "alpha", "top_k", "lr", "steps",
-               "tokens", "tokens_per_s", "finished", "folder"]
+               "tokens", "tokens_per_s", "split", "continuations", "finished", "folder"]
     log = stages.run_log(P["cache_dir"])
     if log.empty or "profile" not in log.columns:
         return pd.DataFrame(columns=columns)

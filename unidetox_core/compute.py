@@ -154,6 +154,30 @@ def benchmark_table(P: dict) -> pd.DataFrame:
     return bench[[c for c in ("figure", "what", "measured", "baseline", "ratio", "goal", "met", "unit") if c in bench]]
 
 
+def prompt_costs(P: dict, detectable: dict[str, float] | None = None) -> pd.DataFrame:
+    """What the evaluation prompts cost this build, per split, from the run log: the evaluations that
+    ran, their summed time, the prompts of the split (``n_<split>_prompts``), the seconds each prompt
+    cost across all evaluations, and the build's wall minutes they took (evaluations run
+    ``eval_workers`` at a time). With ``detectable`` (split -> the smallest TP difference detected
+    at 80% power now), the one at twice the prompts: it falls as one over the square root of the
+    prompts, while the evaluations' time doubles."""
+    times = analysis.stage_times(P)
+    evals = times[(times["stage"] == "eval") & times["split"].notna()]
+    rows = []
+    for split, part in evals.groupby("split", sort=True):
+        prompts = int(P.get(f"n_{split}_prompts") or 0) or int(
+            round(part["continuations"].sum() / len(part) / P["eval_n_continuations"]))
+        seconds = float(part["seconds"].sum())
+        row = {"split": split, "evaluations": len(part), "prompts": prompts, "seconds": seconds,
+               "seconds per prompt": seconds / prompts,
+               "build minutes": seconds / max(1, int(P["eval_workers"])) / 60}
+        if detectable and split in detectable:
+            row["detectable difference (80% power)"] = detectable[split]
+            row["at twice the prompts"] = detectable[split] / math.sqrt(2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def cost_sentence(table: pd.DataFrame) -> str:
     """One sentence comparing the toxic fine-tunes of the per-model methods with UniDetox's one."""
     t = table.set_index("method")
