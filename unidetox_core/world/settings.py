@@ -27,7 +27,8 @@ CLASSIFIERS = ("davidson_tfidf", "allsides_tfidf", "allsides_tfidf_media")
 TWEET_MARKERS = re.compile(r"@user|\bRT\b|#\w|\bhttp\b")
 
 # The world of each profile. Sizes and training lengths are parameters; the mini values were
-# chosen by measurement (results/mini/world/) so that the whole book builds in 45 minutes on a 2-core CPU.
+# chosen by measurement (results/mini/world/sweep.csv): the most held-out quality for the CPU time the
+# book's budget allows on a 2-core machine (45 minutes aimed for the whole book, 75 the limit).
 WORLD_SETTINGS: dict[str, dict[str, Any]] = {
     "mini": {
         "seed": 0,
