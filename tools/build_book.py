@@ -1290,16 +1290,15 @@ def stage_profile(root: Path, profile: str) -> Path:
         return root
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
         raise SystemExit(f"--profile {profile!r}: use a profile name such as 'paper' or 'tiny'.")
-    config = load_quarto_config(root)
+    chapters = chapter_paths(load_quarto_config(root))
     executed = root / "results" / profile / "notebooks"
-    notebooks = [c for c in chapter_paths(config) if c.endswith(".ipynb")]
+    notebooks = [c for c in chapters if c.endswith(".ipynb")]
     missing = [Path(c).name for c in notebooks if not (executed / Path(c).name).exists()]
     if missing:
         raise SystemExit(f"--profile {profile}: {len(missing)} of {len(notebooks)} chapters were not executed on this "
                          f"profile (none in {executed.relative_to(root)}: {', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}). Run `make notebooks PROFILE={profile}` first.")
     stage = root / BUILD_DIR / PROFILE_BUILDS / profile
-    chapters = chapter_paths(config)
     # The pages, and what sits beside them in their folders (includes, _metadata.yml): all but notebooks.
     sources = {root / "_quarto.yml", *(root / c for c in chapters if not c.endswith(".ipynb"))}
     for folder in {(root / c).parent for c in chapters} - {root}:

@@ -156,7 +156,8 @@ def benchmark_table(P: dict) -> pd.DataFrame:
 
 def prompt_costs(P: dict, detectable: dict[str, float] | None = None) -> pd.DataFrame:
     """What the evaluation prompts cost this build, per split, from the run log: the evaluations that
-    ran, their summed time, the prompts of the split (``n_<split>_prompts``), the seconds each prompt
+    ran, their summed time, the prompts of the split (an evaluation's continuations over
+    ``eval_n_continuations``), the seconds each prompt
     cost across all evaluations, and the build's wall minutes they took (evaluations run
     ``eval_workers`` at a time). With ``detectable`` (split -> the smallest TP difference detected
     at 80% power now), the one at twice the prompts: it falls as one over the square root of the
@@ -165,8 +166,7 @@ def prompt_costs(P: dict, detectable: dict[str, float] | None = None) -> pd.Data
     evals = times[(times["stage"] == "eval") & times["split"].notna()]
     rows = []
     for split, part in evals.groupby("split", sort=True):
-        prompts = int(P.get(f"n_{split}_prompts") or 0) or int(
-            round(part["continuations"].sum() / len(part) / P["eval_n_continuations"]))
+        prompts = int(round(part["continuations"].median() / P["eval_n_continuations"]))
         seconds = float(part["seconds"].sum())
         row = {"split": split, "evaluations": len(part), "prompts": prompts, "seconds": seconds,
                "seconds per prompt": seconds / prompts,

@@ -70,8 +70,7 @@ def finetune_distributed(model, tokenizer, texts: Sequence[str], *, lr: float, b
     model, optimizer = accelerator.prepare(model, optimizer)
     history = {"step": [], "loss": [], "lr": [], "tokens": 0, "wall_time_s": 0.0, "checkpoints": [],
                "engine": str(accelerator.distributed_type).split(".")[-1], "processes": world,
-               "sharded": type(model).__name__.startswith("FSDP") or hasattr(model, "_fsdp_params")
-               or "FSDP" in type(model).__name__}
+               "sharded": "FSDP" in type(model).__name__}  # FSDP1 wraps the model, FSDP2 renames its class
     torch.manual_seed(seed)
     model.train()
     bar = F._progress_bar(progress and accelerator.is_local_main_process, steps, 0, "fine-tune")

@@ -97,15 +97,15 @@ def replicate_prompts(P: dict, selected: pd.DataFrame, replicates: int | None = 
     return pd.concat(parts, ignore_index=True)
 
 
-def build_replicate(P: dict, replicate: int, selected: pd.DataFrame, split: str = "test", seeds=None) -> None:
+def build_replicate(P: dict, replicate: int, selected: pd.DataFrame, split: str, seeds: list[int]) -> None:
     """Build replicate ``replicate`` -- its world model, toxic model, texts, fine-tunes -- and evaluate
     its core variants on ``split``, all in this process with ``P['eval_threads']`` torch threads:
     the same numbers whether it runs here or in a worker beside another replicate."""
     Pr = {**replicate_profile(P, replicate), "eval_workers": 1}
     with E.eval_threads(P):
         variants = core_variants(P, replicate, selected)
-        E.evaluate_specs(Pr, [(spec, split, int(seed)) for spec in variants.values()
-                              for seed in (P["seeds"] if seeds is None else seeds)], progress=False)
+        E.evaluate_specs(Pr, [(spec, split, int(seed)) for spec in variants.values() for seed in seeds],
+                         progress=False)
 
 
 def replicate_claims(prompts: pd.DataFrame, metric: str = "TP_all", *, n_boot: int = stats.N_BOOT,
