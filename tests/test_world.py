@@ -210,3 +210,31 @@ def test_bias_classifier_beats_chance_on_held_out_articles(settings):
     accuracy = (predicted == test["leaning"].to_numpy()).mean()
     majority = test["leaning"].value_counts(normalize=True).iloc[0]
     assert accuracy > majority + 0.03
+
+
+# ------------------------------------------------------------------------------------ build times
+def test_a_cached_step_keeps_the_time_of_the_call_that_built_it(tmp_path):
+    from unidetox_core.world.build import merge_build_times
+
+    path = tmp_path / "build_times.csv"
+    row = {"load_avg_1min_start": 1.0, "load_avg_1min_end": 1.0}
+    first = merge_build_times([{"step": "corpus", "seconds": 30.0, "cpu_seconds": 29.0, "computed": True, **row},
+                               {"step": "source_check", "seconds": 40.0, "cpu_seconds": 39.0, "computed": True, **row}],
+                              path)
+    assert "computed" not in first.columns
+    first.to_csv(path, index=False)
+    # the runner's build: corpus found in the cache, a model trained, no checks run
+    second = merge_build_times([{"step": "corpus", "seconds": 0.2, "cpu_seconds": 0.1, "computed": False, **row},
+                                {"step": "evaluator", "seconds": 0.5, "cpu_seconds": 0.5, "computed": True, **row}], path)
+    assert second.set_index("step")["seconds"].to_dict() == {"corpus": 30.0, "evaluator": 0.5, "source_check": 40.0}
+    # a step computed again, however quickly, replaces its old row
+    third = merge_build_times([{"step": "corpus", "seconds": 0.4, "cpu_seconds": 0.4, "computed": True, **row}], path)
+    assert third.set_index("step").loc["corpus", "seconds"] == 0.4
+
+
+def test_unbuilt_steps_lists_what_the_cache_lacks(profile, source_path, tmp_path):
+    everything = ["corpus", "tokenizer-bpe", "tokenizer-unigram", "stream", "blocks-bpe", "blocks-unigram",
+                  *world.MODEL_NAMES, *world.CLASSIFIERS]
+    assert world.unbuilt_steps({**profile, "cache_dir": str(tmp_path)}) == everything
+    missing = world.unbuilt_steps(profile)
+    assert "gpt2-bpe" not in missing and "corpus" not in missing and "blocks-bpe" not in missing  # the fixture's

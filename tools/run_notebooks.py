@@ -68,6 +68,7 @@ from build_book import (  # noqa: E402
 )
 from unidetox_core import profiles  # noqa: E402
 from unidetox_core.cache import atomic_path, write_json_atomic  # noqa: E402
+from unidetox_core.compute import append_run  # noqa: E402
 
 KERNEL = "python3"
 KEYS_FILE = ".notebook_keys.json"
@@ -319,17 +320,6 @@ def _execute(papermill, notebook: Path, output: Path, parameters: dict, failed_d
         hide_redundant_injected_parameters(executed)  # the page need not repeat the defaults
         stamp_executed(executed, core_digest(ROOT))  # the book can then tell outputs of an older source
         nbformat.write(executed, tmp)
-
-
-def append_run(path: Path, notebook: str, record: dict, key: str) -> None:
-    """One line per successful execution, kept (and committed) for the compute chapter: the keys file
-    holds only each chapter's *last* run, which after a cached rerun says nothing about the run that
-    computed its stages. The load average is there because the machine is shared."""
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as out:
-        if new:
-            out.write("notebook,seconds,finished,load_avg_1min,key\n")
-        out.write(f"{notebook},{record['seconds']},{record['finished']},{os.getloadavg()[0]:.2f},{key[:12]}\n")
 
 
 def format_seconds(seconds: float) -> str:

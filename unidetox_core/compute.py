@@ -8,6 +8,7 @@ Nothing here runs a stage: every table is read from the run log (``stages.run_lo
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,19 @@ def world_steps(P: dict) -> pd.DataFrame:
     """The world's build steps as they ran (seconds), with a readable time."""
     steps = analysis.world_times(P)
     return steps.assign(time=steps["seconds"].map(hms))[["step", "time", "seconds", "cpu_seconds"]]
+
+
+def append_run(path: Path, notebook: str, record: dict, key: str) -> None:
+    """One line per successful execution of a chapter (``tools/run_notebooks.py``) or of the world's
+    build (``python -m unidetox_core.world``, as ``world``) in ``notebook_runs.csv``, kept (and
+    committed) for this chapter: the runner's keys file holds only each chapter's *last* run, which
+    after a cached rerun says nothing about the run that computed its stages. The load average is
+    there because the machine is shared. ``record``: ``seconds`` and ``finished``."""
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as out:
+        if new:
+            out.write("notebook,seconds,finished,load_avg_1min,key\n")
+        out.write(f"{notebook},{record['seconds']},{record['finished']},{os.getloadavg()[0]:.2f},{key[:12]}\n")
 
 
 def chapter_times(P: dict) -> pd.DataFrame:

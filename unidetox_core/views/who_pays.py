@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import data, experiments, group_cost, methods
+from .. import data, experiments, group_cost, methods, stages
 from . import short_name
 
 # Methods whose own next-token distribution is the changed model: a perplexity of their weights
@@ -154,3 +154,19 @@ def universality_line(cost: pd.DataFrame, method_label: str = "UniDetox") -> str
             + ", ".join(f"{short_name(m)} {v:+.3f}" for m, v in means.items())
             + (" — the same direction on every model." if same else " — the direction differs between models."))
 
+
+
+def cost_tables(P: dict, selected: pd.DataFrame, per_prompt: pd.DataFrame, split: str, statements: pd.DataFrame,
+                news: list[str], models: list[str], progress: bool = True) -> pd.DataFrame:
+    """``cost_table`` of each of ``models`` at its tuned settings (``selected``), one after another in
+    the order given: the models run side by side, ``P['eval_workers']`` at a time with
+    ``P['eval_threads']`` threads each, as the evaluations do -- the same numbers as one by one."""
+    arguments = [(P, selected, per_prompt, split, statements, news, model) for model in models]
+    tables = stages.side_by_side(_model_cost, arguments, workers=P["eval_workers"], threads=P["eval_threads"],
+                                 desc="who pays, per model", progress=progress)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _model_cost(P: dict, selected: pd.DataFrame, per_prompt: pd.DataFrame, split: str, statements: pd.DataFrame,
+                news: list[str], model: str) -> pd.DataFrame:
+    return cost_table(P, experiments.tuned_settings(P, selected, model), per_prompt, split, statements, news)

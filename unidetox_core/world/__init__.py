@@ -51,7 +51,7 @@ sampling, because the ``tokenizers`` Unigram trainer gives slightly different pi
 run, which changed ``llama-unigram`` and every result on it.
 """
 
-from .build import build_world, calibrate_mix, train_in_parallel, write_world_report
+from .build import build_world, calibrate_mix, train_in_parallel, unbuilt_steps, write_world_report
 from .checks import bos_samples, check_config, source_check, source_toxicity
 from .classifiers import allsides_texts, classifier_report, scorer_path, train_classifier
 from .corpus import (build_blocks, build_corpus, build_stream, document_markers, load_articles, load_blocks,

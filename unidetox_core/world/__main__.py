@@ -7,9 +7,11 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 
-from .build import build_world, calibrate_mix
-from .settings import WORLD_SETTINGS
+from ..compute import append_run
+from .build import build_world, calibrate_mix, unbuilt_steps
+from .settings import WORLD_SETTINGS, results_dir, world_settings
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -31,10 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         print(calibrate_mix(args.profile, args.calibrate, **overrides).to_string())
         return 0
     started = time.perf_counter()
+    missing = unbuilt_steps(args.profile, **overrides)
     paths = build_world(args.profile, report=not args.no_report, **overrides)
+    seconds = time.perf_counter() - started
     for name, path in paths.items():
         print(f"{name:22s} {path}")
-    print(f"world built in {time.perf_counter() - started:.0f} s (load average now {os.getloadavg()[0]:.2f})")
+    print(f"world built in {seconds:.0f} s (load average now {os.getloadavg()[0]:.2f})")
+    if missing:  # a build, not a look into the cache: the compute chapter lists it beside the chapters
+        finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        append_run(results_dir(world_settings(args.profile, **overrides)).parent / "notebook_runs.csv", "world",
+                   {"seconds": round(seconds, 1), "finished": finished}, "")
     return 0
 
 

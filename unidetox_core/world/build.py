@@ -54,14 +54,22 @@ def build_world(profile_values: dict | str, progress: bool = True, report: bool 
         steps.append((f"blocks-{kind}", lambda kind=kind: build_blocks(settings, kind, progress)))
     for name, run in tqdm(steps, desc="world data", unit="step", disable=not progress):
         paths[name] = str(_timed(run, name, times, settings))
-    trained = list(settings["models"]) + ["davidson_tfidf", "allsides_tfidf"] + (["allsides_tfidf_media"] if report else [])
-    paths.update(train_in_parallel(settings, trained, progress, times))
+    paths.update(train_in_parallel(settings, list(settings["models"]) + list(CLASSIFIERS), progress, times))
     if report:
         _timed(lambda: source_check(settings, profile, progress), "source_check", times, settings)
         _timed(lambda: write_world_report(settings, profile, progress), "world_report", times, settings)
-        write_csv_atomic(merge_build_times(times, results_dir(settings) / "build_times.csv"),
-                         results_dir(settings) / "build_times.csv")
+    times_path = results_dir(settings) / "build_times.csv"
+    times_path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(merge_build_times(times, times_path), times_path)
     return paths
+
+
+def unbuilt_steps(profile_values: dict | str, **overrides) -> list[str]:
+    """The world's data steps, models and classifiers that are not in the cache yet (empty: all built)."""
+    settings = world_settings(_profile_values(profile_values), **overrides)
+    names = ["corpus", "tokenizer-bpe", "tokenizer-unigram", "stream", "blocks-bpe", "blocks-unigram",
+             *settings["models"], *CLASSIFIERS]
+    return [name for name in names if not _is_built(settings, name)]
 
 
 # Rough single-core costs of the mini steps (CPU seconds measured on the shared machine): the
@@ -90,7 +98,7 @@ def train_in_parallel(settings: dict, names: list[str], progress: bool, times: l
     for name in names:
         if name not in todo:
             times.append({"step": name, "seconds": 0.0, "cpu_seconds": 0.0, "load_avg_1min_start": None,
-                          "load_avg_1min_end": None})
+                          "load_avg_1min_end": None, "computed": False})
     workers = settings["workers"]
     workers = (os.cpu_count() or 1) if workers == "auto" else int(workers)
     workers = max(1, min(workers, len(todo)))
@@ -148,24 +156,29 @@ def _build_one_timed(settings: dict, name: str) -> tuple[str, dict]:
 
 
 def merge_build_times(times: list[dict], path: Path) -> pd.DataFrame:
-    """This call's step times, except that a step found in the cache (under a second) keeps the row
-    of the call that really built it, so the table adds up to what building the world costs."""
+    """This call's step times, except that a step it found in the cache keeps the row of the call
+    that really built it (and a step it did not run keeps its row), so the table adds up to what
+    building the world costs, whichever call -- the book's runner or chapter 2 -- built it."""
     frame = pd.DataFrame(times)
-    if path.exists():
-        previous = pd.read_csv(path).set_index("step")
-        for i, row in frame.iterrows():
-            if row["seconds"] < 1 and row["step"] in previous.index and previous.loc[row["step"], "seconds"] >= 1:
-                frame.loc[i, previous.columns] = previous.loc[row["step"]].to_numpy()
-    return frame
+    computed = frame.pop("computed").astype(bool) if "computed" in frame else pd.Series(True, index=frame.index)
+    if not path.exists():
+        return frame
+    previous = pd.read_csv(path).drop(columns="computed", errors="ignore").set_index("step")
+    for i, row in frame.iterrows():
+        if not computed[i] and row["step"] in previous.index:
+            frame.loc[i, previous.columns] = previous.loc[row["step"]].to_numpy()
+    absent = previous[~previous.index.isin(frame["step"])].reset_index()
+    return pd.concat([frame, absent], ignore_index=True) if len(absent) else frame
 
 
 def _timed(run, name: str, times: list[dict], settings: dict):
-    """Run one build step, appending its wall and CPU seconds and the load around it to ``times``
-    (a cached step takes ~0 s: the table shows what this call actually did). A step that is computed
-    here is also recorded in the run log (``stages.timed``)."""
+    """Run one build step, appending its wall and CPU seconds, the load around it and whether it was
+    computed here (not found in the cache) to ``times``. A step computed here is also recorded in
+    the run log (``stages.timed``); the checks and the report always run."""
     config = _step_config(settings, name)
     load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-    if config is not None and not _is_built(settings, name):
+    computed = config is None or not _is_built(settings, name)
+    if config is not None and computed:
         with stages.timed(settings["cache_dir"], "world", name, config, _step_output(settings, name), manifest=False,
                           profile=settings["profile"]):
             result = run()
@@ -173,7 +186,7 @@ def _timed(run, name: str, times: list[dict], settings: dict):
         result = run()
     times.append({"step": name, "seconds": round(time.perf_counter() - started, 1),
                   "cpu_seconds": round(time.process_time() - cpu, 1), "load_avg_1min_start": round(load, 2),
-                  "load_avg_1min_end": round(os.getloadavg()[0], 2)})
+                  "load_avg_1min_end": round(os.getloadavg()[0], 2), "computed": computed})
     return result
 
 
