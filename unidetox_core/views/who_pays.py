@@ -26,17 +26,23 @@ def statements_and_news(n_news: int = 200, chars: int = 200) -> tuple[pd.DataFra
     return statements, [text[:chars] for text in valid["text"]]
 
 
-def gap_rows(P: dict, settings: pd.DataFrame, statements: pd.DataFrame, news: list[str]) -> dict[str, pd.DataFrame]:
-    """``group_cost.nll_rows`` of every variant of ``settings`` (one model's ``tuned_settings``) whose
-    method changes the model itself, by label."""
-    rows = {}
-    for r in settings.itertuples():
-        if methods.get(r.method).acts_on not in MODEL_CHANGING:
-            continue
-        spec = experiments.method_variant(P, r.method, r.model, r.value, r.lr, progress=False)
-        with experiments.eval_threads(P), experiments.build_variant(P, spec) as (model, tokenizer, _):
-            rows[r.label] = group_cost.nll_rows(model, tokenizer, statements, news)
-    return rows
+def gap_rows(P: dict, settings: pd.DataFrame, statements: pd.DataFrame, news: list[str],
+             progress: bool = False) -> dict[tuple[str, str], pd.DataFrame]:
+    """``group_cost.nll_rows`` of every variant of ``settings`` (the ``tuned_settings`` of one model or
+    more) whose method changes the model itself, by ``(model, label)``. The variants run side by
+    side, ``P['eval_workers']`` at a time with ``P['eval_threads']`` threads each, as the evaluations
+    do: the same numbers as one by one."""
+    chosen = [r for r in settings.itertuples() if methods.get(r.method).acts_on in MODEL_CHANGING]
+    arguments = [(P, r.method, r.model, r.value, r.lr, statements, news) for r in chosen]
+    rows = stages.side_by_side(_variant_nll, arguments, workers=P["eval_workers"], threads=P["eval_threads"],
+                               desc="perplexity of the statements, per variant", progress=progress)
+    return {(r.model, r.label): frame for r, frame in zip(chosen, rows)}
+
+
+def _variant_nll(P: dict, method: str, model: str, value, lr, statements: pd.DataFrame, news: list[str]) -> pd.DataFrame:
+    spec = experiments.method_variant(P, method, model, value, lr, progress=False)
+    with experiments.eval_threads(P), experiments.build_variant(P, spec) as (lm, tokenizer, _):
+        return group_cost.nll_rows(lm, tokenizer, statements, news)
 
 
 def coverage_rows(P: dict, settings: pd.DataFrame, split: str) -> dict[str, pd.DataFrame]:
@@ -59,14 +65,16 @@ def toxicity_rows(P: dict, per_prompt: pd.DataFrame, model: str, split: str) -> 
 
 
 def cost_table(P: dict, settings: pd.DataFrame, per_prompt: pd.DataFrame, split: str,
-               statements: pd.DataFrame, news: list[str]) -> pd.DataFrame:
+               statements: pd.DataFrame, news: list[str], nll: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Every measure of ``MEASURES`` for one model's variants against its base model, per group:
     columns ``model``, ``measure``, ``variant``, ``group``, ``value``, ``base_value``, ``change``,
-    ``low``, ``high``, ``verdict`` (a rise of the gap; a fall of coverage; a rise of TP)."""
+    ``low``, ``high``, ``verdict`` (a rise of the gap; a fall of coverage; a rise of TP). ``nll``:
+    the variants' ``gap_rows``, if already computed."""
     model = settings["model"].iloc[0]
     base = settings.loc[settings["method"] == methods.BASE.name, "label"].iloc[0]
-    gaps = group_cost.gap_changes(gap_rows(P, settings, statements, news), base).rename(
-        columns={"gap": "value", "base_gap": "base_value"})
+    nll = gap_rows(P, settings, statements, news) if nll is None else nll
+    mine = {label: rows for (owner, label), rows in nll.items() if owner == model}
+    gaps = group_cost.gap_changes(mine, base).rename(columns={"gap": "value", "base_gap": "base_value"})
     coverage = group_cost.group_changes(coverage_rows(P, settings, split), base, "names_group", label="neutral",
                                         expect="lower")
     toxic = {label: rows for label, rows in toxicity_rows(P, per_prompt, model, split).items()
@@ -158,15 +166,9 @@ def universality_line(cost: pd.DataFrame, method_label: str = "UniDetox") -> str
 
 def cost_tables(P: dict, selected: pd.DataFrame, per_prompt: pd.DataFrame, split: str, statements: pd.DataFrame,
                 news: list[str], models: list[str], progress: bool = True) -> pd.DataFrame:
-    """``cost_table`` of each of ``models`` at its tuned settings (``selected``), one after another in
-    the order given: the models run side by side, ``P['eval_workers']`` at a time with
-    ``P['eval_threads']`` threads each, as the evaluations do -- the same numbers as one by one."""
-    arguments = [(P, selected, per_prompt, split, statements, news, model) for model in models]
-    tables = stages.side_by_side(_model_cost, arguments, workers=P["eval_workers"], threads=P["eval_threads"],
-                                 desc="who pays, per model", progress=progress)
-    return pd.concat(tables, ignore_index=True)
-
-
-def _model_cost(P: dict, selected: pd.DataFrame, per_prompt: pd.DataFrame, split: str, statements: pd.DataFrame,
-                news: list[str], model: str) -> pd.DataFrame:
-    return cost_table(P, experiments.tuned_settings(P, selected, model), per_prompt, split, statements, news)
+    """``cost_table`` of each of ``models`` at its tuned settings (``selected``), in the order given;
+    the perplexities of every model's variants are computed together, side by side (``gap_rows``)."""
+    settings = {model: experiments.tuned_settings(P, selected, model) for model in models}
+    nll = gap_rows(P, pd.concat(settings.values(), ignore_index=True), statements, news, progress=progress)
+    return pd.concat([cost_table(P, settings[model], per_prompt, split, statements, news, nll) for model in models],
+                     ignore_index=True)
