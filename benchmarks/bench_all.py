@@ -36,9 +36,11 @@ import argparse
 import contextlib
 import copy
 import csv
+import hashlib
 import json
 import math
 import os
+import platform
 import random
 import resource
 import statistics
@@ -51,11 +53,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unidetox_core import data, distill, forward, generate, metrics, models, profiles, scorers, world  # noqa: E402
+
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine() -> dict:
+    name, flags = platform.processor() or "unknown", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return dict(cpu_model=name, cpu_flags=" ".join(f for f in CPU_FLAGS if f in flags) or "-",
+                torch=torch.__version__, transformers=transformers.__version__, core_digest=core_digest())
+
+
+def core_digest() -> str:
+    """A digest of the timed code as it is on disk, so a row says which version of the decoding code it
+    measured, committed or not."""
+    digest = hashlib.sha1()
+    for name in ("distill.py", "generate.py", "fast.py"):
+        path = ROOT / "unidetox_core" / name
+        if path.exists():
+            digest.update(name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
 
 # Per profile: the sizes each figure runs at (the mini ones are the issue's).
 SETTINGS = {
@@ -525,7 +557,8 @@ def one_line(row: dict) -> str:
 
 
 COLUMNS = ["figure", "measured", "baseline", "ratio", "goal", "met", "repeats", "load", "ratio_min", "ratio_max",
-           "cpu_ratio_median", "unit", "what", "detail"]
+           "cpu_ratio_median", "unit", "what", "detail", "cpu_model", "cpu_flags", "torch", "transformers",
+           "core_digest"]
 
 
 def write_csv(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> None:
@@ -629,7 +662,9 @@ def main(argv=None) -> int:
             print(one_line(row))
     name = "benchmark-bf16.csv" if args.bf16 else "benchmark.csv"
     out = Path(args.out) if args.out else ROOT / "results" / args.profile / name
-    write_csv(rows, out)
+    info = machine()  # a figure is a property of the machine as much as of the code
+    print(f"CPU: {info['cpu_model']}; flags: {info['cpu_flags']}")
+    write_csv([{**row, **info} for row in rows], out)
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 

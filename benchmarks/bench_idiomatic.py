@@ -56,11 +56,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import inspect
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -76,7 +74,7 @@ import transformers  # noqa: E402
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from unidetox_core import distill, forward, generate, models, profiles, world  # noqa: E402
-from bench_all import Timer, load_now, write_csv  # noqa: E402  (the same clock as the other figures)
+from bench_all import Timer, load_now, machine, write_csv  # noqa: E402  (the same clock as the other figures)
 
 KEEP_RATIO = 1.5  # the project rule: a hand-written path stays only at >= 1.5x the idiomatic one
 ALPHA = 0.1  # the paper's plausibility cut
@@ -85,36 +83,8 @@ SETTINGS = {
     "tiny": dict(batch=16, tokens=32, prompts=6, prompt_tokens=(20, 40), repeats=2),
 }
 N_CONTINUATIONS, NEW_TOKENS, TOP_P = 25, 20, 0.9  # Section 3.3, on both profiles
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8")
-
 
 # ----------------------------------------------------------------------------------------- timing
-def machine() -> dict:
-    name, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return dict(cpu_model=name, cpu_flags=" ".join(f for f in CPU_FLAGS if f in flags) or "-",
-                torch=torch.__version__, transformers=transformers.__version__, core_digest=core_digest())
-
-
-def core_digest() -> str:
-    """A digest of the timed code as it is on disk, so a row says which version of the decoding code it
-    measured, committed or not."""
-    digest = hashlib.sha1()
-    for name in ("distill.py", "generate.py", "fast.py"):
-        path = ROOT / "unidetox_core" / name
-        if path.exists():
-            digest.update(name.encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------------------- models
 def made_up_texts(n: int, seed: int = 0) -> list[str]:
     """Sentences of pseudo-words drawn from a Zipf-weighted lexicon: varied enough that BPE fills an

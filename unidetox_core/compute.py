@@ -165,7 +165,24 @@ def benchmark_table(P: dict) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=["figure", "what", "measured", "ratio", "goal", "met"])
     bench = pd.read_csv(path)
-    return bench[[c for c in ("figure", "what", "measured", "baseline", "ratio", "goal", "met", "unit") if c in bench]]
+    return bench[[c for c in ("figure", "what", "measured", "baseline", "ratio", "goal", "met", "unit", "cpu_model")
+                  if c in bench]]
+
+
+def idiomatic_table(P: dict) -> pd.DataFrame:
+    """``benchmarks/bench_idiomatic.py``'s figures for this profile (``benchmark_idiomatic.csv``): each
+    side of each hot path -- ours and the idiomatic Hugging Face route -- with its rate, its ratio to
+    the idiomatic reference (median over the repeats), the decode efficiency and the keep rule's
+    verdict (a speed-up stays only at 1.5x the idiomatic route or more)."""
+    path = Path(P["results_dir"]) / "benchmark_idiomatic.csv"
+    columns = ["figure", "what", "side", "setting", "rate", "unit", "ratio_vs_idiomatic_median",
+               "decode_efficiency_median", "keep_rule", "reference", "cpu_model"]
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    bench = pd.read_csv(path)
+    bench = bench[bench["side"].notna()] if "side" in bench else bench
+    return bench[[c for c in columns if c in bench]].rename(columns={
+        "ratio_vs_idiomatic_median": "ratio to the idiomatic route", "decode_efficiency_median": "decode efficiency"})
 
 
 def prompt_costs(P: dict, detectable: dict[str, float] | None = None) -> pd.DataFrame:
