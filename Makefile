@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The offline data mirror, if one sits beside the checkout (as in CI); downloads are tried otherwise.
 export UNIDETOX_DATA_MIRROR ?= $(if $(wildcard ../shared/data/SHA256SUMS),$(abspath ../shared/data),)
 
-.PHONY: install data world notebooks book html test bench clean-book
+.PHONY: install data world notebooks book html test bench plan clean-book
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ html: install
 
 book: notebooks
 	$(PY) tools/build_book.py --profile $(PROFILE)
+
+# What a hub profile's run will compute and cost, and whether this machine can run it (make plan PROFILE=paper).
+plan: install
+	$(PY) -m unidetox_core.plan --profile $(PROFILE)
 
 test: data
 	$(PY) -m pytest

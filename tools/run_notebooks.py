@@ -180,7 +180,7 @@ def check_before_running(root: Path, notebooks: list[str], profile: str, overrid
     data sets and scorers the profile needs (``preflight``), and that the results folder holds no
     results of another configuration (then it is claimed for this one: ``profile.json``). A dry run
     prints the problems as warnings; a real run stops with all of them."""
-    from unidetox_core import preflight
+    from unidetox_core import plan, preflight
 
     problems = []
     try:
@@ -190,6 +190,7 @@ def check_before_running(root: Path, notebooks: list[str], profile: str, overrid
     missing = preflight.missing_sources(values)
     if missing:
         problems.append(preflight.format_problems(missing, profile))
+    problems += plan.preflight(values)  # the paper profile: disk, GPU memory, access to gated repositories
     try:
         profiles.check_results_dir(values, results_dir, record=not dry_run and not problems)
     except profiles.ProfileError as error:

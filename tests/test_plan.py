@@ -1,0 +1,76 @@
+"""The paper profile's plan: exact stage counts from the chapters' job lists, the roofline estimate
+against hand computations, and the refusals before a run."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from unidetox_core import plan
+from unidetox_core.profiles import load_profile
+from unidetox_core.views import tuning
+
+
+def test_parameter_counts_come_from_the_public_configurations():
+    assert plan.parameters("openai-community/gpt2-xl") == 1_557_611_200  # GPT-2 XL's 1.5 B, tied head
+    assert plan.parameters("meta-llama/Llama-2-7b-hf") == 6_738_415_616
+    with pytest.raises(ValueError, match="model 'gpt5' has no configuration"):
+        plan.parameters("gpt5")
+
+
+def test_paper_counts_follow_the_profile_and_the_grid():
+    P = load_profile("paper")
+    counts = plan.stage_counts(P)
+    toxic = counts[counts["stage"] == "toxic model"]
+    assert len(toxic) == 4  # every model: DExperts and Task Arithmetic need its toxic copy
+    # 3 epochs x ceil(20,168 / 4) = 15,126 steps: the official toxic checkpoint's number
+    assert (toxic["tokens"] == 15126 * 4 * 512).all()
+    tuned = counts[counts["stage"] == "UniDetox and Samples fine-tuning"]
+    assert len(tuned) == 4 and (tuned["runs"] == 3).all()  # 2 UniDetox learning rates + Samples at 1e-5
+    assert (tuned["tokens"] == 10000 * 8 * 256).all() and (tuned["checkpoints"] == 10).all()
+    source = P["source_model"]
+    grid = [job for job in tuning.grid_jobs(P, [1e-5], True) if job[1] == source]
+    plain = sum(1 for job in grid if job[0] != "dexperts")
+    val = counts[(counts["stage"] == "evaluation: generate (val)") & (counts["model"] == source)]
+    assert val["runs"].item() == plain * 2 + 1 + 4 * 10  # two grid seeds; chapter 4's controls at one seed
+    assert val["steps"].item() == math.ceil(896 * 25 / 64) * 20
+    mmlu = counts[counts["stage"] == "MMLU"].set_index("model")["tokens"]
+    assert mmlu[source] == 14042 * 2 * 120 and mmlu["facebook/opt-6.7b"] == 14042 * 4 * 120  # 1-shot, 3-shot
+
+
+def test_costs_match_a_hand_computed_roofline():
+    counts = pd.DataFrame([
+        dict(stage="t", chapter="", model="m", runs=2, kind="train", tokens=1e9, steps=0, rows=0, models_per_step=0,
+             bytes_per_parameter=0, prefill_tokens=0, checkpoints=3),
+        dict(stage="d", chapter="", model="m", runs=1, kind="decode", tokens=0, steps=100, rows=8, models_per_step=1,
+             bytes_per_parameter=2, prefill_tokens=1000, checkpoints=0),
+    ])
+    costs = plan.stage_costs(counts, "A100-80GB", gpus=4, parameter_counts={"m": 1_000_000_000})
+    train, decode = costs.iloc[0], costs.iloc[1]
+    assert train["gpu_hours"] == pytest.approx(2 * 8 * 1e9 * 1e9 / (312e12 * 0.4) / 3600)
+    assert train["peak_gib"] == pytest.approx(16e9 / 4 / 2**30)
+    assert train["disk_gib"] == pytest.approx(2 * 3 * 4e9 / 2**30)
+    # 8 rows of a 1 B model: reading 2 GB at 60% of 2.039 TB/s outlasts 16 GFLOP at half of 312 TFLOP/s
+    step = 2e9 / (2.039e12 * 0.6)
+    assert decode["gpu_hours"] == pytest.approx((100 * step + 2e9 * 1000 / (312e12 * 0.5)) / 3600)
+    with pytest.raises(ValueError, match="gpu='V100' is not known"):
+        plan.stage_costs(counts, "V100")
+    with pytest.raises(ValueError, match="gpus=0 must be at least 1"):
+        plan.stage_costs(counts, gpus=0, parameter_counts={"m": 1})
+
+
+def test_refusals_name_disk_gpu_and_access(tmp_path):
+    table = pd.DataFrame([dict(stage="total", disk_gib=100.0, peak_gib=40.0)])
+    fine = plan.refusals(table, "A100-80GB", tmp_path, free_disk_gib=500, gpu_memory_gib=[80.0] * 8,
+                         access_check=lambda repo: None)
+    assert fine == []
+    problems = plan.refusals(table, "A100-80GB", tmp_path / "cache", free_disk_gib=50, gpu_memory_gib=[24.0],
+                             access_check=lambda repo: "GatedRepoError" if "llama" in repo else None)
+    assert len(problems) == 3
+    assert problems[0].startswith("disk: 100 GiB of checkpoints planned") and "50 GiB free" in problems[0]
+    assert problems[1].startswith("GPU memory: the largest stage needs 40 GiB per GPU")
+    assert problems[2] == "access: meta-llama/Llama-2-7b-hf: GatedRepoError"
+    no_gpu = plan.refusals(table, "H200", tmp_path, free_disk_gib=500, gpu_memory_gib=[], access_check=lambda r: None)
+    assert no_gpu == ["GPU: none found; the plan assumes H200s (CUDA)."]

@@ -1,0 +1,308 @@
+"""``make plan``: what a profile's book will compute, and roughly what it costs, before anything trains.
+
+    python -m unidetox_core.plan --profile paper                 # the plan on 8 A100-80GB
+    python -m unidetox_core.plan --profile paper --gpu H100-80GB --gpus 4
+
+**Counts are exact**: they come from the profile and from the chapters' own job lists
+(``views.tuning.grid_jobs``, ``views.distillation.text_kinds``), so the plan counts what the chapters
+will run. **Costs are estimates**, made before any GPU was used (nothing here has one): the models'
+parameter counts are computed from their public configurations on the meta device (no download),
+and a stage's GPU time is a roofline -- the larger of its arithmetic at a stated share of the GPU's
+peak and, for token-by-token decoding, of reading the weights at a stated share of its memory
+bandwidth. The shares, the GPUs' vendor figures and the token lengths the data do not fix here are
+in ``UTILISATION``, ``GPUS`` and ``ASSUMED``, printed with every plan; calibrate them with a measured
+run when a GPU is at hand. Token lengths are upper bounds (texts padded to the profile's maximum),
+so the totals lean high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+GIB = 1024**3
+
+# The paper's models, as their config.json on the hub describes them: enough to count parameters.
+ARCHITECTURES = {
+    "openai-community/gpt2-xl": ("GPT2Config", dict(n_embd=1600, n_layer=48, n_head=25, vocab_size=50257,
+                                                    n_positions=1024)),
+    "facebook/opt-6.7b": ("OPTConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                            ffn_dim=16384, vocab_size=50272, max_position_embeddings=2048,
+                                            word_embed_proj_dim=4096)),
+    "tiiuae/falcon-7b": ("FalconConfig", dict(hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                                              multi_query=True, parallel_attn=True, new_decoder_architecture=False,
+                                              bias=False, vocab_size=65024, alibi=False)),
+    "meta-llama/Llama-2-7b-hf": ("LlamaConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                                     num_key_value_heads=32, intermediate_size=11008,
+                                                     vocab_size=32000, max_position_embeddings=4096,
+                                                     tie_word_embeddings=False)),
+}
+# Vendor figures (dense bf16 tensor-core peak, TF32 peak, memory, memory bandwidth): not measured here.
+GPUS = {
+    "A100-80GB": dict(bf16_tflops=312.0, tf32_tflops=156.0, memory_gib=80.0, bandwidth_tb_s=2.039),
+    "H100-80GB": dict(bf16_tflops=989.0, tf32_tflops=494.0, memory_gib=80.0, bandwidth_tb_s=3.35),
+    "H200": dict(bf16_tflops=989.0, tf32_tflops=494.0, memory_gib=141.0, bandwidth_tb_s=4.8),
+}
+# Shares of the peak a stage is assumed to reach (sharded training of 7 B models; batched forward
+# passes; the weights read once per decoding step).
+UTILISATION = dict(train=0.40, forward=0.50, bandwidth=0.60)
+# What the data do not fix here (the hub sets are not readable offline): assumed, and printed.
+ASSUMED = dict(
+    toxic_texts=20168,  # DGHS texts after the train-split filter: the official toxic checkpoint-15126 = 3 x 5,042 steps x 4
+    val_prompts=896,  # ToxiGen annotated: 10% of its 8,960 train rows (dataset card); filters may drop some
+    test_prompts=940,  # ToxiGen annotated test rows (dataset card)
+    prompt_tokens=48,  # a ToxiGen statement, with room to spare
+    mmlu_questions=14042,  # MMLU test questions (the mirror has them all)
+    mmlu_tokens_per_shot=120,  # one question with its four choices and answer
+    scorer_parameters=125_000_000,  # Detoxify (RoBERTa-base size)
+)
+TRAINING_FLOPS_PER_TOKEN = 8  # forward 2 + backward 4 + the forward again under gradient checkpointing 2
+MASTER_BYTES = 16  # float32 weights 4 + gradients 4 + AdamW's two moments 8, per parameter (sharded)
+
+
+# --------------------------------------------------------------------------------------- models
+def parameters(name: str) -> int:
+    """The parameter count of ``name`` (a key of ``ARCHITECTURES``), from its configuration on the
+    meta device: no weights are downloaded or allocated."""
+    import torch
+    import transformers
+
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model {name!r} has no configuration here; use one of {sorted(ARCHITECTURES)}.")
+    config_class, values = ARCHITECTURES[name]
+    config = getattr(transformers, config_class)(**values)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------- counts
+def stage_counts(P: dict) -> pd.DataFrame:
+    """What the chapters of profile ``P`` will compute, one row per kind of stage: ``stage``,
+    ``chapter``, ``model``, ``runs``, and per run the ``tokens`` it trains on or reads (``train`` /
+    ``forward``) or the decoding ``steps`` of ``rows`` rows it generates (``decode``), with
+    ``checkpoints`` kept. Only what costs GPU time is counted."""
+    from .views import distillation, tuning
+
+    source, targets = P["source_model"], list(P["target_models"])
+    models = [source, *targets]
+    grid_seeds, samples_lrs, full = tuning.grid_parameters(P)
+    n_toxic = P["toxic_max_texts"] or ASSUMED["toxic_texts"]
+    rows = []
+
+    def add(stage, chapter, model, runs, kind, **amount):
+        rows.append(dict(stage=stage, chapter=chapter, model=model, runs=runs, kind=kind, **amount))
+
+    toxic_steps = P["toxic_epochs"] * math.ceil(n_toxic / P["toxic_batch_size"])
+    for model in models:  # DExperts and Task Arithmetic need every model's toxic copy; distillation the source's
+        add("toxic model", "03, 05", model, 1, "train", tokens=toxic_steps * P["toxic_batch_size"] * P["toxic_max_length"],
+            checkpoints=1)
+        lmsteer_batches = P["lmsteer_steps"] or P["lmsteer_epochs"] * math.ceil(n_toxic / P["lmsteer_batch_size"])
+        add("LM-Steer matrix", "05", model, 1, "forward",
+            tokens=lmsteer_batches * P["lmsteer_batch_size"] * P["toxic_max_length"], checkpoints=0)
+
+    kinds = distillation.text_kinds(P, P["distill_alpha"] / 2, 50)
+    texts = len(kinds) + 2 * (len(P["seeds"]) - 1)  # chapter 4's texts, UniDetox and Samples at every seed
+    batches = math.ceil(P["distill_n_texts"] / P["distill_batch_size"])
+    add("distillation (base + toxic, float32)", "04", source, texts, "decode",
+        steps=batches * P["distill_max_new_tokens"], rows=P["distill_batch_size"], models_per_step=2,
+        bytes_per_parameter=4, checkpoints=0)
+
+    tuned = models if full else [source]
+    detox_tokens = max(P["detox_steps"]) * P["detox_batch_size"] * P["detox_max_length"]
+    per_model_runs = len(P["detox_lrs"]) + len(samples_lrs)
+    for model in tuned:
+        add("UniDetox and Samples fine-tuning", "05", model, per_model_runs, "train", tokens=detox_tokens,
+            checkpoints=len(P["detox_steps"]))
+    if not full:
+        for model in targets:  # the chosen UniDetox and Samples settings only, at most the longest
+            add("UniDetox and Samples fine-tuning (chosen)", "07", model, 2, "train", tokens=detox_tokens,
+                checkpoints=1)
+    other_texts = len(kinds) - 2 + 1  # alpha, top-k and cut-only texts, and the clean news
+    add("control fine-tuning", "04", source, other_texts, "train", tokens=detox_tokens,
+        checkpoints=len(P["detox_steps"]))
+
+    # Validation: chapter 5's grid at its seeds (per model, as grid_jobs lists it) and chapter 4's
+    # controls on the source model at one seed; test: each model's tuned settings at every seed.
+    # DExperts runs its anti-expert beside the model at every step.
+    evals = {}
+    for method, model, _, _ in tuning.grid_jobs(P, samples_lrs, full):
+        key = ("val", model, method == "dexperts")
+        evals[key] = evals.get(key, 0) + len(grid_seeds)
+    evals[("val", source, False)] += 1 + other_texts * len(P["detox_steps"])
+    per_model_settings = 3 + len(P["detox_lrs"]) + len(samples_lrs) + 3  # base, 2 pre-prompts, fine-tunes, 3 baselines
+    for model in models:
+        evals[("test", model, False)] = (per_model_settings - 1) * len(P["seeds"])
+        evals[("test", model, True)] = len(P["seeds"])
+    for (split, model, dexperts), runs in evals.items():
+        prompts = P[f"n_{split}_prompts"] or ASSUMED[f"{split}_prompts"]
+        continuations = prompts * P["eval_n_continuations"]
+        chapter = "04, 05" if split == "val" else "06, 07"
+        add(f"evaluation: generate ({split}{', DExperts' if dexperts else ''})", chapter, model, runs, "decode",
+            steps=math.ceil(continuations / P["eval_batch_size"]) * P["eval_max_new_tokens"],
+            rows=P["eval_batch_size"], models_per_step=2 if dexperts else 1, bytes_per_parameter=2,
+            prefill_tokens=continuations * ASSUMED["prompt_tokens"], checkpoints=0)
+        add(f"evaluation: perplexity ({split})", chapter, P["evaluator_model"], runs, "forward",
+            tokens=continuations * (ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"]), checkpoints=0)
+
+    for model in models:
+        shots = P["mmlu_shots"] if model == source else P["target_mmlu_shots"]
+        questions = P["mmlu_max_questions"] or ASSUMED["mmlu_questions"]
+        add("MMLU", "06, 07", model, per_model_settings, "forward",
+            tokens=questions * (shots + 1) * ASSUMED["mmlu_tokens_per_shot"], checkpoints=0)
+    frame = pd.DataFrame(rows)
+    for column in ("tokens", "steps", "rows", "models_per_step", "bytes_per_parameter", "prefill_tokens"):
+        frame[column] = frame.get(column, pd.Series(dtype=float)).fillna(0)
+    return frame
+
+
+# ----------------------------------------------------------------------------------------- costs
+def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
+                parameter_counts: dict[str, int] | None = None) -> pd.DataFrame:
+    """``counts`` with the estimated ``gpu_hours`` (all runs of the row), the ``peak_gib`` per GPU of one
+    run and the ``disk_gib`` its kept checkpoints take, on ``gpus`` GPUs of kind ``gpu``."""
+    if gpu not in GPUS:
+        raise ValueError(f"gpu={gpu!r} is not known; use one of {sorted(GPUS)}.")
+    if gpus < 1:
+        raise ValueError(f"gpus={gpus} must be at least 1.")
+    spec = GPUS[gpu]
+    sizes = dict(parameter_counts or {})
+    for name in counts["model"].unique():
+        if name not in sizes:
+            sizes[name] = parameters(name)
+    flops_per_s = spec["bf16_tflops"] * 1e12
+    bytes_per_s = spec["bandwidth_tb_s"] * 1e12 * UTILISATION["bandwidth"]
+    out = []
+    for row in counts.to_dict("records"):
+        n = sizes[row["model"]]
+        if row["kind"] == "train":
+            seconds = TRAINING_FLOPS_PER_TOKEN * n * row["tokens"] / (flops_per_s * UTILISATION["train"])
+            peak = MASTER_BYTES * n / gpus / GIB
+        elif row["kind"] == "forward":
+            seconds = 2 * n * row["tokens"] / (flops_per_s * UTILISATION["forward"])
+            peak = 2 * n / GIB
+        else:  # decoding: each step reads the weights once and computes every row's next token
+            peak_flops = spec["tf32_tflops"] * 1e12 if row["bytes_per_parameter"] == 4 else flops_per_s
+            per_step = max(2 * n * row["rows"] * row["models_per_step"] / (peak_flops * UTILISATION["forward"]),
+                           row["bytes_per_parameter"] * n * row["models_per_step"] / bytes_per_s)
+            prefill = 2 * n * row["models_per_step"] * row["prefill_tokens"] / (flops_per_s * UTILISATION["forward"])
+            seconds = per_step * row["steps"] + prefill
+            peak = row["bytes_per_parameter"] * n * row["models_per_step"] / GIB
+        out.append({**row, "parameters": n, "gpu_hours": row["runs"] * seconds / 3600, "peak_gib": peak,
+                    "disk_gib": row["runs"] * row["checkpoints"] * 4 * n / GIB})
+    return pd.DataFrame(out)
+
+
+def plan_table(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
+    """``stage_costs`` of ``stage_counts``, one readable row per stage and model, and a total row."""
+    costs = stage_costs(stage_counts(P), gpu, gpus)
+    table = costs[["stage", "chapter", "model", "runs", "tokens", "steps", "gpu_hours", "peak_gib", "disk_gib"]].copy()
+    total = {"stage": "total", "chapter": "", "model": "", "runs": int(table["runs"].sum()), "tokens": table["tokens"].sum(),
+             "steps": table["steps"].sum(), "gpu_hours": table["gpu_hours"].sum(), "peak_gib": table["peak_gib"].max(),
+             "disk_gib": table["disk_gib"].sum()}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------- refusals
+GATED = ("meta-llama/Llama-2-7b-hf", "toxigen/toxigen-data")  # need an accepted licence and a token
+
+
+def refusals(table: pd.DataFrame, gpu: str, cache_dir: str | Path, *, free_disk_gib: float | None = None,
+             gpu_memory_gib: list[float] | None = None, access_check=None) -> list[str]:
+    """Why the plan cannot run here, one line each (empty: it can): too little disk under
+    ``cache_dir`` for the kept checkpoints, no GPU or one with less memory than the largest stage
+    needs per GPU, or a gated model or data set that the hub token may not read. The measurements
+    default to this machine's (``shutil.disk_usage``, ``torch.cuda``, ``huggingface_hub.auth_check``)."""
+    problems = []
+    total = table[table["stage"] == "total"].iloc[0]
+    if free_disk_gib is None:
+        folder = Path(cache_dir)
+        while not folder.exists():
+            folder = folder.parent
+        free_disk_gib = shutil.disk_usage(folder).free / GIB
+    if free_disk_gib < total["disk_gib"]:
+        problems.append(f"disk: {total['disk_gib']:.0f} GiB of checkpoints planned under {cache_dir}, "
+                        f"{free_disk_gib:.0f} GiB free; point cache_dir at a larger disk.")
+    if gpu_memory_gib is None:
+        gpu_memory_gib = _gpu_memory_gib()
+    if not gpu_memory_gib:
+        problems.append(f"GPU: none found; the plan assumes {gpu}s (CUDA).")
+    elif min(gpu_memory_gib) < total["peak_gib"]:
+        problems.append(f"GPU memory: the largest stage needs {total['peak_gib']:.0f} GiB per GPU, the smallest "
+                        f"GPU here has {min(gpu_memory_gib):.0f} GiB; use more or larger GPUs (--gpus).")
+    check = access_check or _hub_access
+    for repo in GATED:
+        reason = check(repo)
+        if reason:
+            problems.append(f"access: {repo}: {reason}")
+    return problems
+
+
+def _gpu_memory_gib() -> list[float]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory / GIB for i in range(torch.cuda.device_count())]
+
+
+def _hub_access(repo: str) -> str | None:
+    """``None`` when the hub token may read ``repo``; otherwise why not."""
+    try:
+        from huggingface_hub import auth_check
+
+        auth_check(repo, repo_type="dataset" if repo.startswith("toxigen/") else "model")
+    except Exception as error:  # gated, unknown, or the hub unreachable: all stop a paper run
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
+    return None
+
+
+def preflight(P: dict, gpu: str = "A100-80GB") -> list[str]:
+    """The plan's refusals before a run of profile ``P`` whose models are all in ``ARCHITECTURES`` (the
+    paper profile), after a line with its planned total on the GPUs present (8 assumed where there
+    are none); empty for any other profile, whose stages this cost model does not describe."""
+    named = [P["source_model"], *P["target_models"], P["evaluator_model"]]
+    if not all(name in ARCHITECTURES for name in named):
+        return []
+    present = _gpu_memory_gib()
+    table = plan_table(P, gpu, len(present) or 8)
+    total = table[table["stage"] == "total"].iloc[0]
+    print(f"plan: {total['runs']} runs, about {total['gpu_hours']:.0f} {gpu}-hours and {total['disk_gib']:.0f} GiB of "
+          f"checkpoints (estimates; the table: make plan PROFILE={P['profile']})", flush=True)
+    return refusals(table, gpu, P["cache_dir"], gpu_memory_gib=present)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unidetox_core.plan [--profile paper] [--gpu A100-80GB] [--gpus 8]``"""
+    from .profiles import load_profile
+
+    parser = argparse.ArgumentParser(prog="python -m unidetox_core.plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--gpu", default="A100-80GB", choices=sorted(GPUS))
+    parser.add_argument("--gpus", type=int, default=8)
+    args = parser.parse_args(argv)
+    P = load_profile(args.profile)
+    if str(P["source_model"]).startswith("world:"):
+        print(f"profile {args.profile!r} trains its own world on a CPU; the plan is for hub models on GPUs "
+              "(--profile paper).")
+        return 0
+    table = plan_table(P, args.gpu, args.gpus)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.1f}".format):
+        print(f"Plan of profile {args.profile!r} on {args.gpus} x {args.gpu} (estimates; see python -m "
+              "unidetox_core.plan --help)\n")
+        print(table.to_string(index=False))
+    print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[args.gpu]}; {ASSUMED}")
+    problems = refusals(table, args.gpu, P["cache_dir"])
+    for line in problems:
+        print(f"would refuse: {line}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
