@@ -298,3 +298,47 @@ def test_a_hub_data_set_without_a_commit_is_refused(tmp_path):
     path.write_text("hub:\n  x: {title: t, licence: l, homepage: h, role: r, repo: a/b, config: null, revision: main}\n")
     with pytest.raises(data.SourcesError, match="revision must be a commit"):
         data.load_hub_sources(path)
+
+
+# ------------------------------------------------------------------ the hub data sets' own schemas
+HUB_FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+
+
+def _hub_fixture(name: str, features=None):
+    import datasets
+
+    rows = [json.loads(line) for line in (HUB_FIXTURES / name).read_text().splitlines()]
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def test_hub_loaders_read_the_hub_schemas(monkeypatch):
+    """The three loaders of the paper profile, on rows in the hub data sets' columns and types
+    (tests/fixtures/hub), give the frames the chapters read."""
+    import datasets
+
+    mmlu_features = datasets.Features({"question": datasets.Value("string"), "subject": datasets.Value("string"),
+                                       "choices": datasets.Sequence(datasets.Value("string")),
+                                       "answer": datasets.ClassLabel(names=["A", "B", "C", "D"])})
+    loaded = {
+        "dghs": _hub_fixture("dghs.jsonl"),
+        "toxigen_annotated": datasets.DatasetDict(train=_hub_fixture("toxigen_annotated_train.jsonl"),
+                                                  test=_hub_fixture("toxigen_annotated_test.jsonl")),
+        "mmlu": _hub_fixture("mmlu_test.jsonl", mmlu_features),
+    }
+    monkeypatch.setattr(data, "hub_dataset", lambda name, split=None: loaded[name])
+    monkeypatch.setattr("unidetox_core.models.hub_online", lambda: True)
+
+    # Appendix B.1: hateful, one of the 34 targets, train split -- rows 1 and 5 of the six
+    dghs = data.load_dghs_hub()
+    assert dghs["acl.id"].tolist() == ["acl1", "acl5"] and set(dghs["label"]) == {"hate"}
+
+    prompts = data.load_toxigen_annotated_hub()
+    assert {"text", "group", "category", "domain", "label", "split"} <= set(prompts.columns)
+    test = prompts[prompts["split"] == "test"]
+    # labels from the ratings: 2.0 + 3.6 = 5.6 is hate, 1.0 + 2.0 is not
+    assert test["label"].tolist() == ["hate", "neutral"] and test["category"].tolist() == ["religion", "gender_lgbtq"]
+    assert (prompts["split"] == "val").sum() == round(4 * 0.1)  # 10% of the four kept train rows ("other" is not a group)
+
+    mmlu = data.load_mmlu_hub()
+    assert mmlu.columns.tolist() == ["subject", "question", "choices", "answer"]
+    assert mmlu["answer"].tolist() == [1, 3] and mmlu["choices"].iloc[1] == ["a", "b", "c", "d"]
