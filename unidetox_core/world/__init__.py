@@ -41,8 +41,9 @@ written last, atomically.
 
 **Cost and reproducibility.** :func:`build_world` runs the data steps in this process, then
 trains the four models and the classifiers in two single-threaded worker processes (one per
-core). In the timed cold build of the book (2-core machine, load average about 2) the world's
-chapter took 12.2 min (``results/mini/world/build_times.csv`` has each step). One torch thread per
+core). ``make book`` builds the world this way before any chapter runs (``make world``); in the
+timed cold build of the book on the 2-core machine it took 14.1 min
+(``results/mini/world/build_times.csv`` has each step). One torch thread per
 process fixes the order in which floats are summed, so two builds on one machine gave the same
 held-out losses to every digit; a build on another machine of the same kind gave different weights
 (another CPU can pick other kernels), so a rebuild elsewhere is another draw of the world. The
