@@ -158,7 +158,7 @@ def _build_one_timed(settings: dict, name: str) -> tuple[str, dict]:
 def merge_build_times(times: list[dict], path: Path) -> pd.DataFrame:
     """This call's step times, except that a step it found in the cache keeps the row of the call
     that really built it (and a step it did not run keeps its row), so the table adds up to what
-    building the world costs, whichever call -- the book's runner or chapter 2 -- built it."""
+    building the world costs, whichever call -- `make world` or chapter 2 -- built it."""
     frame = pd.DataFrame(times)
     computed = frame.pop("computed").astype(bool) if "computed" in frame else pd.Series(True, index=frame.index)
     if not path.exists():
