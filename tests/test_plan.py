@@ -74,3 +74,20 @@ def test_refusals_name_disk_gpu_and_access(tmp_path):
     assert problems[2] == "access: meta-llama/Llama-2-7b-hf: GatedRepoError"
     no_gpu = plan.refusals(table, "H200", tmp_path, free_disk_gib=500, gpu_memory_gib=[], access_check=lambda r: None)
     assert no_gpu == ["GPU: none found; the plan assumes H200s (CUDA)."]
+
+
+def test_the_small_profile_is_planned_and_reads_only_its_own_gated_data():
+    small = load_profile("small")
+    assert plan.gated_repositories(small) == ["toxigen/toxigen-data"]  # no LLaMA-2 among its models
+    assert plan.gated_repositories(load_profile("paper")) == list(plan.GATED)
+    assert plan.gated_repositories(load_profile("mini")) == []
+    counts = plan.stage_counts(small)
+    assert set(counts["model"]) == {"openai-community/gpt2", "facebook/opt-125m", "HuggingFaceTB/SmolLM2-135M",
+                                    "openai-community/gpt2-large"}
+    # the targets get only the chosen UniDetox and Samples settings (no full grid off the paper profile)
+    chosen = counts[counts["stage"] == "UniDetox and Samples fine-tuning (chosen)"]
+    assert sorted(chosen["model"]) == ["HuggingFaceTB/SmolLM2-135M", "facebook/opt-125m"]
+    # the evaluator reads 5 of the 25 continuations of each of 100 validation prompts
+    ppl = counts[(counts["stage"] == "evaluation: perplexity (val)")]
+    assert (ppl["tokens"] == 100 * 5 * (48 + 20)).all()
+    assert plan.parameters("HuggingFaceTB/SmolLM2-135M") == 134_515_008

@@ -41,12 +41,26 @@ ARCHITECTURES = {
                                                      num_key_value_heads=32, intermediate_size=11008,
                                                      vocab_size=32000, max_position_embeddings=4096,
                                                      tie_word_embeddings=False)),
+    # the small profile's
+    "openai-community/gpt2": ("GPT2Config", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257,
+                                                 n_positions=1024)),
+    "openai-community/gpt2-large": ("GPT2Config", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257,
+                                                       n_positions=1024)),
+    "facebook/opt-125m": ("OPTConfig", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                            ffn_dim=3072, vocab_size=50272, max_position_embeddings=2048,
+                                            word_embed_proj_dim=768)),
+    "HuggingFaceTB/SmolLM2-135M": ("LlamaConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                                       num_key_value_heads=3, intermediate_size=1536,
+                                                       vocab_size=49152, max_position_embeddings=8192,
+                                                       tie_word_embeddings=True)),
 }
 # Vendor figures (dense bf16 tensor-core peak, TF32 peak, memory, memory bandwidth): not measured here.
+# A T4 has no bf16: the code computes in float32 there, so its float32 peak stands in for both.
 GPUS = {
     "A100-80GB": dict(bf16_tflops=312.0, tf32_tflops=156.0, memory_gib=80.0, bandwidth_tb_s=2.039),
     "H100-80GB": dict(bf16_tflops=989.0, tf32_tflops=494.0, memory_gib=80.0, bandwidth_tb_s=3.35),
     "H200": dict(bf16_tflops=989.0, tf32_tflops=494.0, memory_gib=141.0, bandwidth_tb_s=4.8),
+    "T4-16GB": dict(bf16_tflops=8.1, tf32_tflops=8.1, memory_gib=16.0, bandwidth_tb_s=0.32),
 }
 # Shares of the peak a stage is assumed to reach (sharded training of 7 B models; batched forward
 # passes; the weights read once per decoding step).
@@ -147,8 +161,9 @@ def stage_counts(P: dict) -> pd.DataFrame:
             steps=math.ceil(continuations / P["eval_batch_size"]) * P["eval_max_new_tokens"],
             rows=P["eval_batch_size"], models_per_step=2 if dexperts else 1, bytes_per_parameter=2,
             prefill_tokens=continuations * ASSUMED["prompt_tokens"], checkpoints=0)
+        scored = prompts * min(P["eval_ppl_samples"] or P["eval_n_continuations"], P["eval_n_continuations"])
         add(f"evaluation: perplexity ({split})", chapter, P["evaluator_model"], runs, "forward",
-            tokens=continuations * (ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"]), checkpoints=0)
+            tokens=scored * (ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"]), checkpoints=0)
 
     for model in models:
         shots = P["mmlu_shots"] if model == source else P["target_mmlu_shots"]
@@ -212,8 +227,16 @@ def plan_table(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
 GATED = ("meta-llama/Llama-2-7b-hf", "toxigen/toxigen-data")  # need an accepted licence and a token
 
 
+def gated_repositories(P: dict) -> list[str]:
+    """The gated models and data sets that profile ``P`` reads."""
+    named = {P["source_model"], *P["target_models"], P["evaluator_model"]}
+    if P["eval_prompts"] == "toxigen_annotated":
+        named.add("toxigen/toxigen-data")
+    return [repo for repo in GATED if repo in named]
+
+
 def refusals(table: pd.DataFrame, gpu: str, cache_dir: str | Path, *, free_disk_gib: float | None = None,
-             gpu_memory_gib: list[float] | None = None, access_check=None) -> list[str]:
+             gpu_memory_gib: list[float] | None = None, access_check=None, gated=GATED) -> list[str]:
     """Why the plan cannot run here, one line each (empty: it can): too little disk under
     ``cache_dir`` for the kept checkpoints, no GPU or one with less memory than the largest stage
     needs per GPU, or a gated model or data set that the hub token may not read. The measurements
@@ -236,7 +259,7 @@ def refusals(table: pd.DataFrame, gpu: str, cache_dir: str | Path, *, free_disk_
         problems.append(f"GPU memory: the largest stage needs {total['peak_gib']:.0f} GiB per GPU, the smallest "
                         f"GPU here has {min(gpu_memory_gib):.0f} GiB; use more or larger GPUs (--gpus).")
     check = access_check or _hub_access
-    for repo in GATED:
+    for repo in gated:
         reason = check(repo)
         if reason:
             problems.append(f"access: {repo}: {reason}")
@@ -274,7 +297,7 @@ def preflight(P: dict, gpu: str = "A100-80GB") -> list[str]:
     total = table[table["stage"] == "total"].iloc[0]
     print(f"plan: {total['runs']} runs, about {total['gpu_hours']:.0f} {gpu}-hours and {total['disk_gib']:.0f} GiB of "
           f"checkpoints (estimates; the table: make plan PROFILE={P['profile']})", flush=True)
-    return refusals(table, gpu, P["cache_dir"], gpu_memory_gib=present)
+    return refusals(table, gpu, P["cache_dir"], gpu_memory_gib=present, gated=gated_repositories(P))
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -298,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
               "unidetox_core.plan --help)\n")
         print(table.to_string(index=False))
     print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[args.gpu]}; {ASSUMED}")
-    problems = refusals(table, args.gpu, P["cache_dir"])
+    problems = refusals(table, args.gpu, P["cache_dir"], gated=gated_repositories(P))
     for line in problems:
         print(f"would refuse: {line}")
     return 1 if problems else 0

@@ -147,6 +147,41 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "device_map": "auto",
         "results_dir": "results/paper",
     },
+    # One GPU of 16 GB, or a laptop with a network: the paper's design, data and scorers at GPT-2
+    # size -- GPT-2 (124 M) distils and is tuned on, OPT-125m (another family, the same tokenizer) and
+    # SmolLM2-135M (LLaMA's architecture, its own tokenizer) are the targets, GPT-2 Large judges
+    # perplexity. Fewer prompts, seeds and grid points than the paper, more than the mini world;
+    # `make plan PROFILE=small` prints what it costs.
+    "small": {
+        "profile": "small",
+        "data_source": "hub",
+        "toxic_corpus": "dghs",
+        "eval_prompts": "toxigen_annotated",
+        "source_model": "openai-community/gpt2",
+        "target_models": ["facebook/opt-125m", "HuggingFaceTB/SmolLM2-135M"],
+        "evaluator_model": "openai-community/gpt2-large",
+        "toxicity_scorer": "detoxify",
+        "second_toxicity_scorer": "profanity_check",
+        "bias_scorer": "political_bias_bert",
+        "seeds": [0, 1, 2],
+        # A fifth of the toxic corpus, cut at 128 tokens (DGHS entries are a sentence or two), one
+        # LM-Steer epoch; fine-tuning to 400 steps of 128-token texts, where the paper goes to 10,000.
+        "toxic_max_texts": 4000,
+        "toxic_max_length": 128,
+        "lmsteer_epochs": 1,
+        "detox_steps": [100, 200, 400],
+        "detox_max_length": 128,
+        "n_val_prompts": 100,
+        "n_test_prompts": 200,
+        "eval_batch_size": 128,
+        "eval_ppl_samples": 5,  # the evaluator reads 5 of the 25 continuations of each prompt
+        "mmlu_max_questions": 1140,  # 20 per subject: models of this size answer near chance
+        "target_mmlu_shots": 1,
+        "lmsteer_multipliers": [-0.5, -1.0, -2.0],
+        "dexperts_betas": [0.5, 1.0, 2.0],
+        "task_arithmetic_lambdas": [0.05, 0.1, 0.2],
+        "results_dir": "results/small",
+    },
     "mini": {
         "profile": "mini",
         # Local folders built by the world package under cache_dir; same loader as hub ids.
