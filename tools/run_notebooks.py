@@ -400,7 +400,7 @@ def run_notebooks(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE, help="paper, mini (default) or tiny")
+    parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE, help="mini (default), small, paper or tiny")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="a papermill parameter for every notebook (repeatable; VALUE is YAML)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only chapters whose file name starts so")
