@@ -614,3 +614,11 @@ def test_run_times_are_written_in_minutes_and_seconds_without_a_60():
     assert run_notebooks.format_seconds(12.34) == "12.3 s"
     assert run_notebooks.format_seconds(1079.6) == "18 min 00 s"
     assert run_notebooks.format_seconds(61.2) == "1 min 01 s"
+
+
+def test_executed_notebooks_record_paths_relative_to_the_repository(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": "/some/machine/notebooks/a.ipynb",
+                                "output_path": "/some/machine/notebooks/.a.ipynb.tmp/a.ipynb"}
+    run_notebooks.record_paths(nb, ROOT / "notebooks/a.ipynb", tmp_path / "elsewhere" / "a.ipynb")
+    assert nb.metadata["papermill"] == {"input_path": "notebooks/a.ipynb", "output_path": "a.ipynb"}

@@ -301,6 +301,15 @@ def execute(notebook: Path, output: Path, parameters: dict, failed_dir: Path, se
             os.environ[profiles.SETTINGS_ENV] = previous
 
 
+def record_paths(executed, notebook: Path, output: Path) -> None:
+    """Papermill's record of where the notebook ran, relative to the repository: a committed chapter
+    should not carry the build machine's folders (nor the temporary name it was written under)."""
+    record = executed.metadata.get("papermill", {})
+    for key, path in (("input_path", notebook), ("output_path", output)):
+        if key in record:
+            record[key] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def _execute(papermill, notebook: Path, output: Path, parameters: dict, failed_dir: Path) -> None:
     with atomic_path(output) as tmp:
         try:
@@ -318,6 +327,7 @@ def _execute(papermill, notebook: Path, output: Path, parameters: dict, failed_d
                 shutil.copy2(tmp, failed_dir / notebook.name)
             raise
         executed = nbformat.read(tmp, as_version=4)
+        record_paths(executed, notebook, output)
         hide_redundant_injected_parameters(executed)  # the page need not repeat the defaults
         stamp_executed(executed, core_digest(ROOT))  # the book can then tell outputs of an older source
         nbformat.write(executed, tmp)

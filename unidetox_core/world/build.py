@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import data, stages
 from ..cache import write_csv_atomic, write_json_atomic
-from .checks import source_check
+from .checks import source_check, source_check_path
 from .classifiers import classifier_report, train_classifier
 from .corpus import build_blocks, build_corpus, build_stream, train_world_tokenizer
 from .pretrain import model_summary, train_world_model
@@ -56,7 +56,8 @@ def build_world(profile_values: dict | str, progress: bool = True, report: bool 
         paths[name] = str(_timed(run, name, times, settings))
     paths.update(train_in_parallel(settings, list(settings["models"]) + list(CLASSIFIERS), progress, times))
     if report:
-        _timed(lambda: source_check(settings, profile, progress), "source_check", times, settings)
+        checked = source_check_path(_step_output(settings, "gpt2-bpe"), settings, profile).exists()
+        _timed(lambda: source_check(settings, profile, progress), "source_check", times, settings, computed=not checked)
         _timed(lambda: write_world_report(settings, profile, progress), "world_report", times, settings)
     times_path = results_dir(settings) / "build_times.csv"
     times_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,13 +172,15 @@ def merge_build_times(times: list[dict], path: Path) -> pd.DataFrame:
     return pd.concat([frame, absent], ignore_index=True) if len(absent) else frame
 
 
-def _timed(run, name: str, times: list[dict], settings: dict):
+def _timed(run, name: str, times: list[dict], settings: dict, computed: bool | None = None):
     """Run one build step, appending its wall and CPU seconds, the load around it and whether it was
-    computed here (not found in the cache) to ``times``. A step computed here is also recorded in
-    the run log (``stages.timed``); the checks and the report always run."""
+    computed here (not found in the cache; ``computed`` says so for a step with its own cache) to
+    ``times``. A step computed here is also recorded in the run log (``stages.timed``); the report
+    always runs."""
     config = _step_config(settings, name)
     load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-    computed = config is None or not _is_built(settings, name)
+    if computed is None:
+        computed = config is None or not _is_built(settings, name)
     if config is not None and computed:
         with stages.timed(settings["cache_dir"], "world", name, config, _step_output(settings, name), manifest=False,
                           profile=settings["profile"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,10 +61,15 @@ def check_config(settings: dict, profile_values: dict) -> dict:
             **{k: profile_values[k] for k in keys}}
 
 
+def source_check_path(folder: Path, settings: dict, profile_values: dict) -> Path:
+    """Where ``source_check`` caches its result, beside the source model in ``folder``."""
+    return Path(folder) / f"source_check-{config_key(check_config(settings, profile_values))}.json"
+
+
 def source_check(settings: dict, profile_values: dict, progress: bool = True) -> dict:
     """Validation TP of the source model and what its BOS samples look like (cached beside it)."""
     folder = train_world_model(settings, "gpt2-bpe", progress)
-    path = folder / f"source_check-{config_key(check_config(settings, profile_values))}.json"
+    path = source_check_path(folder, settings, profile_values)
     if path.exists():
         return json.loads(path.read_text())
     started = time.perf_counter()
