@@ -73,7 +73,6 @@ ASSUMED = dict(
     prompt_tokens=48,  # a ToxiGen statement, with room to spare
     mmlu_questions=14042,  # MMLU test questions (the mirror has them all)
     mmlu_tokens_per_shot=120,  # one question with its four choices and answer
-    scorer_parameters=125_000_000,  # Detoxify (RoBERTa-base size)
 )
 TRAINING_FLOPS_PER_TOKEN = 8  # forward 2 + backward 4 + the forward again under gradient checkpointing 2
 MASTER_BYTES = 16  # float32 weights 4 + gradients 4 + AdamW's two moments 8, per parameter (sharded)
@@ -170,10 +169,9 @@ def stage_counts(P: dict) -> pd.DataFrame:
         questions = P["mmlu_max_questions"] or ASSUMED["mmlu_questions"]
         add("MMLU", "06, 07", model, per_model_settings, "forward",
             tokens=questions * (shots + 1) * ASSUMED["mmlu_tokens_per_shot"], checkpoints=0)
+    amounts = ["tokens", "steps", "rows", "models_per_step", "bytes_per_parameter", "prefill_tokens"]
     frame = pd.DataFrame(rows)
-    for column in ("tokens", "steps", "rows", "models_per_step", "bytes_per_parameter", "prefill_tokens"):
-        frame[column] = frame.get(column, pd.Series(dtype=float)).fillna(0)
-    return frame
+    return frame.assign(**{c: frame[c].fillna(0) if c in frame else 0 for c in amounts})
 
 
 # ----------------------------------------------------------------------------------------- costs

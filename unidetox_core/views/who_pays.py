@@ -65,7 +65,8 @@ def toxicity_rows(P: dict, per_prompt: pd.DataFrame, model: str, split: str) -> 
 
 
 def cost_table(P: dict, settings: pd.DataFrame, per_prompt: pd.DataFrame, split: str,
-               statements: pd.DataFrame, news: list[str], nll: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+               statements: pd.DataFrame, news: list[str],
+               nll: dict[tuple[str, str], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Every measure of ``MEASURES`` for one model's variants against its base model, per group:
     columns ``model``, ``measure``, ``variant``, ``group``, ``value``, ``base_value``, ``change``,
     ``low``, ``high``, ``verdict`` (a rise of the gap; a fall of coverage; a rise of TP). ``nll``:
@@ -161,7 +162,6 @@ def universality_line(cost: pd.DataFrame, method_label: str = "UniDetox") -> str
     return (f"Mean change of {method_label}'s perplexity gap over groups: "
             + ", ".join(f"{short_name(m)} {v:+.3f}" for m, v in means.items())
             + (" — the same direction on every model." if same else " — the direction differs between models."))
-
 
 
 def cost_tables(P: dict, selected: pd.DataFrame, per_prompt: pd.DataFrame, split: str, statements: pd.DataFrame,
