@@ -31,8 +31,11 @@ data: install
 # the source model would train alone in chapter 00 with a core idle. The world chapter writes the report.
 WORLD_PROFILES := mini tiny
 
+SMOKE_PROFILES := smoke smoke-small
+
 world: data
-	$(if $(filter $(PROFILE),$(WORLD_PROFILES)),$(PY) -m unidetox_core.world --profile $(PROFILE) --no-report,@echo "profile $(PROFILE) has no miniature world")
+	$(if $(filter $(PROFILE),$(WORLD_PROFILES)),$(PY) -m unidetox_core.world --profile $(PROFILE) --no-report,\
+	$(if $(filter $(PROFILE),$(SMOKE_PROFILES)),$(PY) -m unidetox_core.smoke build,@echo "profile $(PROFILE) has no miniature world"))
 
 notebooks: world
 	$(PY) tools/run_notebooks.py --profile $(PROFILE)

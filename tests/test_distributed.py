@@ -91,3 +91,45 @@ def test_two_processes_train_what_one_trains(no_dropout_model, corpus, tmp_path)
     for a, b, s in zip(one.state_dict().values(), two.state_dict().values(), start.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert any(not torch.equal(a, s) for a, s in zip(one.state_dict().values(), start.state_dict().values()))
+
+
+def test_the_pipeline_trains_over_processes_when_the_profile_names_an_engine(no_dropout_model, corpus, tmp_path,
+                                                                             monkeypatch):
+    """``experiments.detox_checkpoints`` with ``finetune_engine`` set launches ``distributed`` in its own
+    processes (two CPU processes here, in place of ``accelerate launch`` over GPUs) and writes the
+    checkpoints one process of ``finetune.finetune`` writes."""
+    from unidetox_core import experiments
+    from unidetox_core.profiles import load_profile
+
+    texts_csv = experiments.write_texts(corpus[:24], tmp_path / "text" / "texts.csv")
+    P = dict(load_profile("tiny", cache_dir=str(tmp_path / "cache"), detox_steps=[2, 3], detox_batch_size=4,
+                          detox_max_length=32, finetune_engine="configs/accelerate/fsdp.yaml"))
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    launch = distributed.launch
+    monkeypatch.setattr(distributed, "launch", lambda config, **run: launch(config, prefix=prefix, **run))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    paths = experiments.detox_checkpoints(P, str(no_dropout_model), texts_csv, lr=1e-3, progress=False)
+    assert sorted(paths) == [2, 3] and all((p / "config.json").exists() for p in paths.values())
+
+    plain, tok = models.load_model(str(no_dropout_model), device="cpu")
+    finetune.finetune(plain, tok, corpus[:24], lr=1e-3, batch_size=4, steps=3, max_length=32, seed=0, bf16=False,
+                      progress=False, **finetune.RECIPE)
+    trained, _ = models.load_model(str(paths[3]), device="cpu")
+    for a, b in zip(plain.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # cached: a second call launches nothing
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched again"))
+    assert experiments.detox_checkpoints(P, str(no_dropout_model), texts_csv, lr=1e-3, progress=False) == paths
+
+
+def test_an_engine_without_its_config_or_without_gpus_is_refused(tmp_path):
+    run = dict(model="m", texts_csv="t.csv", lr=1e-5, steps=1, save_steps=[1], output_dir=tmp_path, batch_size=8,
+               max_length=32)
+    with pytest.raises(FileNotFoundError, match="finetune_engine='configs/accelerate/nope.yaml'|is not a file"):
+        distributed.launch("configs/accelerate/nope.yaml", **run)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="none is present; set finetune_engine=''"):
+            distributed.launch("configs/accelerate/fsdp.yaml", **run)
+    assert distributed.launch_prefix("configs/accelerate/fsdp.yaml", 8)[-4:] == [
+        "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "8"]

@@ -66,7 +66,7 @@ from build_book import (  # noqa: E402
     source_digest,
     stamp_executed,
 )
-from unidetox_core import profiles  # noqa: E402
+from unidetox_core import profiles, smoke  # noqa: E402
 from unidetox_core.cache import atomic_path, write_json_atomic  # noqa: E402
 from unidetox_core.compute import append_run  # noqa: E402
 
@@ -360,6 +360,8 @@ def run_notebooks(
     keys_path = results_dir / KEYS_FILE
     keys = load_keys(keys_path)
     core = core_digest(root)
+    # Before anything reads a hub: the smoke profiles read stand-ins, through the same loaders
+    smoke.activate(values, root)
     check_before_running(root, [nb for nb in notebooks if nb in chosen], profile, overrides, values, results_dir,
                          dry_run)
     if not dry_run:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -110,6 +112,45 @@ def save(accelerator, model, tokenizer, path: Path) -> Path:
         tokenizer.save_pretrained(path)
     accelerator.wait_for_everyone()
     return path
+
+
+# ------------------------------------------------------------------------------------ launching
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch_prefix(config: str | os.PathLike, processes: int) -> list[str]:
+    """``accelerate launch --config_file CONFIG --num_processes N``, run by this Python."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--num_processes", str(processes)]
+
+
+def launch(config: str | os.PathLike, *, model: str, texts_csv, lr: float, steps: int, save_steps, output_dir,
+           batch_size: int, max_length: int, seed: int = 0, processes: int | None = None, prefix=None) -> list[Path]:
+    """One fine-tune of the pipeline as one ``accelerate launch`` of this module over ``processes``
+    GPUs (default: all present), with the engine of ``config`` (``configs/accelerate/*.yaml``, relative
+    to the repository or absolute); waits for it and returns the checkpoint folders it wrote. This is
+    how ``experiments`` trains when a profile sets ``finetune_engine``. ``prefix`` replaces the
+    launcher (the tests start two CPU processes with ``torch.distributed.run``)."""
+    config = Path(config) if Path(config).is_absolute() else ROOT / config
+    if prefix is None:
+        if not config.is_file():
+            raise FileNotFoundError(f"finetune_engine={str(config)!r} is not a file; use an accelerate config such as "
+                                    "configs/accelerate/fsdp.yaml, or '' to train in one process.")
+        processes = processes or torch.cuda.device_count()
+        if processes < 1:
+            raise RuntimeError(f"finetune_engine={str(config)!r} shards training over GPUs and none is present; set "
+                               "finetune_engine='' to train in one process (finetune.finetune).")
+        prefix = launch_prefix(config, processes)
+    save_steps = sorted({int(s) for s in save_steps} | {int(steps)})
+    command = [*prefix, "-m", "unidetox_core.distributed", "--model", str(model), "--texts", str(texts_csv),
+               "--lr", repr(float(lr)), "--steps", str(int(steps)), "--save-steps", *map(str, save_steps),
+               "--output-dir", str(output_dir), "--batch-size", str(int(batch_size)), "--max-length",
+               str(int(max_length)), "--seed", str(int(seed))]
+    done = subprocess.run(command, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"the distributed fine-tune failed (exit code {done.returncode}); its output is above. "
+                           f"Command: {' '.join(command)}")
+    return [Path(output_dir) / f"step-{s}" for s in save_steps]
 
 
 def main(argv: list[str] | None = None) -> int:

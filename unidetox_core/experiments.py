@@ -82,12 +82,19 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
     if (final / "config.json").exists():
         return final
     with _timed(P, "toxic", name, config, folder) as record:
-        model, tokenizer = models.load_model(base, dtype="float32",
-                                             device_map=P["device_map"] or None)
         texts = toxic_texts(P)
         if P["toxic_max_texts"]:
             texts = texts[: P["toxic_max_texts"]]
         total = P["toxic_epochs"] * -(-len(texts) // P["toxic_batch_size"])
+        if P["finetune_engine"]:  # epochs are steps over the same shuffles (finetune.batch_indices)
+            texts_csv = write_texts(texts, folder / "texts.csv")
+            (last,) = _train_over_gpus(P, base, texts_csv, lr=P["toxic_lr"], steps=total, save_steps=[total],
+                                       output_dir=folder / "checkpoints", batch_size=P["toxic_batch_size"],
+                                       max_length=P["toxic_max_length"], seed=TOXIC_SEED)
+            last.rename(final)
+            record.update(model=name, steps=total, engine=P["finetune_engine"])
+            return final
+        model, tokenizer = models.load_model(base, dtype="float32", device_map=P["device_map"] or None)
         every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
         history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
                                     epochs=P["toxic_epochs"], max_length=P["toxic_max_length"], seed=TOXIC_SEED,
@@ -221,14 +228,51 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
     if all((p / "config.json").exists() for p in paths.values()):
         return paths
     with _timed(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config, folder) as record:
-        model, tokenizer = models.load_model(base, dtype="float32",
-                                             device_map=P["device_map"] or None)
+        if P["finetune_engine"]:
+            _train_over_gpus(P, base, text_csv, lr=lr, steps=steps[-1], save_steps=steps, output_dir=folder,
+                             batch_size=P["detox_batch_size"], max_length=P["detox_max_length"], seed=0)
+            record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1], engine=P["finetune_engine"])
+            return paths
+        model, tokenizer = models.load_model(base, dtype="float32", device_map=P["device_map"] or None)
         history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                                     steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
                                     output_dir=folder, progress=progress, **finetune.RECIPE)
         record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1],
                       **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return paths
+
+
+def _train_over_gpus(P: dict, base: str, texts_csv, **run) -> list[Path]:
+    """A fine-tune with the profile's ``finetune_engine`` (an accelerate config: FSDP or DeepSpeed
+    ZeRO-3 shard the float32 masters and AdamW state over the GPUs), in its own processes; the models
+    this process holds are freed first, so that the GPUs are the engine's. ``distributed.finetune_distributed``
+    trains ``finetune.finetune``'s recipe step for step (same batches, loss, schedule, clipping)."""
+    from . import distributed
+
+    free_models()
+    return distributed.launch(P["finetune_engine"], model=base, texts_csv=texts_csv, **run)
+
+
+def write_texts(texts: list[str], path: Path) -> Path:
+    """``texts`` as a CSV with a ``Text`` column (the form distilled texts have), atomically."""
+    from .cache import write_csv_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(pd.DataFrame({"Text": texts}), path, index=False)
+    return path
+
+
+def free_models() -> None:
+    """Drop the models kept for reuse (``_load_cached``) and return their GPU memory: between the
+    stages of a chapter that load different models (evaluation, then training, then MMLU)."""
+    import gc
+
+    import torch
+
+    _load_cached.cache_clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------ model variants

@@ -293,6 +293,10 @@ def preflight(P: dict, gpu: str = "A100-80GB") -> list[str]:
     present = _gpu_memory_gib()
     table = plan_table(P, gpu, len(present) or 8)
     total = table[table["stage"] == "total"].iloc[0]
+    if P.get("hub_stand_ins"):  # a smoke run: tiny stand-ins on a CPU; the costs above are the real models'
+        print(f"plan: {total['runs']} runs at the {P['profile']!r} profile's sizes, on stand-ins for the hubs: "
+              "nothing is checked against this machine (the real plan: make plan PROFILE=paper)", flush=True)
+        return []
     print(f"plan: {total['runs']} runs, about {total['gpu_hours']:.0f} {gpu}-hours and {total['disk_gib']:.0f} GiB of "
           f"checkpoints (estimates; the table: make plan PROFILE={P['profile']})", flush=True)
     return refusals(table, gpu, P["cache_dir"], gpu_memory_gib=present, gated=gated_repositories(P))

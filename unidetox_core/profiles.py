@@ -88,8 +88,9 @@ class Profile(Mapping):
     # core). The thread count changes the order in which floats are summed, so a fixed count keeps the
     # numbers the same whatever else the machine runs; when set it joins those stages' cache keys.
     eval_threads: int = 0
-    # Evaluations, MMLU runs and distillations that run at once, each in its own process; 1 = one
-    # after the other in this process. Where to compute, not what: it never changes a number.
+    # Evaluations, MMLU runs and distillations that run at once, each in its own process (on GPUs,
+    # each on its own GPU); 1 = one after the other in this process; 0 = one per GPU present. Where
+    # to compute, not what: it never changes a number.
     eval_workers: int = 1
     # bf16 autocast for evaluations and MMLU runs on a CPU (a GPU evaluates float32 models in bf16
     # anyway, forward.inference_bf16). Distillation stays float32: its score is a small difference
@@ -109,8 +110,18 @@ class Profile(Mapping):
     dexperts_betas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 21)])
     task_arithmetic_lambdas: list[float] = field(default_factory=lambda: [round(0.01 * i, 2) for i in range(1, 21)])
     ppl_rule_factor: float = 1.1  # baselines may not exceed 1.1 x UniDetox's highest perplexity
+    # UniDetox and Samples at every grid point on the targets too (Figure 2 plots every point), not only
+    # at the steps chosen on the source model.
+    targets_full_grid: bool = False
     # hardware: "" keeps a model on one device; "auto" shards 7 B models over the GPUs (accelerate)
     device_map: str = ""
+    # How fine-tunes train: "" in this process (finetune.finetune, resumable); an accelerate config file
+    # (configs/accelerate/fsdp.yaml, deepspeed_zero3.yaml): each fine-tune one `accelerate launch` over
+    # the GPUs, float32 masters and AdamW state sharded (distributed.py), the 7 B route.
+    finetune_engine: str = ""
+    # A folder of stand-ins for the hubs (unidetox_core.smoke), read instead of the network: HF_HOME,
+    # TORCH_HOME and offline mode point there for the run. "" = the hubs and this machine's own caches.
+    hub_stand_ins: str = ""
     # where things go
     cache_dir: str = "cache"
     results_dir: str = "results/mini"
@@ -144,7 +155,11 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "second_toxicity_scorer": "profanity_check",
         "bias_scorer": "political_bias_bert",
         "eval_batch_size": 64,
+        "targets_full_grid": True,
         "device_map": "auto",
+        # Every fine-tune sharded over the node's GPUs by FSDP; every evaluation on a GPU of its own.
+        "finetune_engine": "configs/accelerate/fsdp.yaml",
+        "eval_workers": 0,
         "results_dir": "results/paper",
     },
     # One GPU of 16 GB, or a laptop with a network: the paper's design, data and scorers at GPT-2
@@ -277,6 +292,28 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "results_dir": "results/tiny",
     },
 }
+
+# The smoke profiles: a hub profile's code path -- its model ids, data sets, scorers, settings and
+# branches -- at the tiny profile's sizes, reading stand-ins for the hubs built here (smoke.py), so
+# that CI runs every chapter the way a GPU machine would run the paper. Their numbers mean nothing.
+_SMOKE_SIZES = ("seeds", "toxic_epochs", "toxic_batch_size", "toxic_lr", "toxic_max_length", "toxic_max_texts",
+                "distill_n_texts", "distill_max_new_tokens", "distill_batch_size", "detox_lrs", "detox_steps",
+                "detox_max_length", "eval_n_continuations", "eval_max_new_tokens", "n_val_prompts",
+                "n_test_prompts", "mmlu_max_questions", "lmsteer_multipliers", "dexperts_betas",
+                "task_arithmetic_lambdas")
+for _hub_profile, _smoke in (("paper", "smoke"), ("small", "smoke-small")):
+    _CHANGES[_smoke] = {
+        **_CHANGES[_hub_profile],
+        **{k: _CHANGES["tiny"][k] for k in _SMOKE_SIZES},
+        "samples_lrs": _CHANGES["tiny"]["detox_lrs"][:1],
+        "profile": _smoke,
+        "hub_stand_ins": "{cache_dir}/smoke/hubs",
+        # FSDP needs GPUs: a smoke run trains in one process (tests/test_distributed.py runs the engine
+        # route on CPU processes) and evaluates in this one.
+        "finetune_engine": "",
+        "eval_workers": 1,
+        "results_dir": f"results/{_smoke}",
+    }
 PROFILES: dict[str, Profile] = {name: Profile(**changes) for name, changes in _CHANGES.items()}
 
 
@@ -337,7 +374,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_DEFAULTS[k]})") for k in (
         "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
-        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "eval_workers", "replicates")},
+        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "replicates")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
         "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
@@ -351,6 +388,9 @@ _RULES: dict[str, tuple[Any, str]] = {
                     "must be a non-empty list of positive step counts (e.g. [100, 200])"),
     "detox_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
     "samples_lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "must be a non-empty list of positive learning rates"),
+    "eval_workers": (lambda v: v >= 0, "must be an integer >= 0 (0 = one per GPU present, 1 on a CPU)"),
+    "finetune_engine": (lambda v: v == "" or v.endswith((".yaml", ".yml")),
+                        "must be '' (one process) or an accelerate config file such as configs/accelerate/fsdp.yaml"),
     "data_source": (lambda v: v in ("hub", "mirror"), "must be 'hub' (paper) or 'mirror' (offline)"),
     "toxic_corpus": (lambda v: v in ("dghs", "davidson", "world"),
                      "must be 'dghs' (hub), 'world' (the mini world's reserved toxic tweets) or 'davidson' (all of them)"),

@@ -144,7 +144,8 @@ def side_by_side(function, arguments: list[tuple], *, workers: int, threads: int
 
     from tqdm.auto import tqdm
 
-    workers = min(int(workers), len(arguments))
+    gpus = gpu_ids()
+    workers = min(int(workers) or max(1, len(gpus)), len(arguments))
     results: list = [None] * len(arguments)
     with tqdm(total=len(arguments), desc=desc, disable=not progress or not arguments, leave=False) as bar:
         if workers <= 1:
@@ -153,8 +154,10 @@ def side_by_side(function, arguments: list[tuple], *, workers: int, threads: int
                 bar.update(1)
             return results
         # "spawn", not fork: a forked copy of a process that already ran torch's thread pools can hang.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start, initargs=(int(threads), workers)) as pool:
+        context = multiprocessing.get_context("spawn")
+        started = context.Value("i", 0)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                                 initargs=(int(threads), workers, gpus, started)) as pool:
             futures = {pool.submit(function, *args): i for i, args in enumerate(arguments)}
             try:
                 for future in as_completed(futures):
@@ -167,8 +170,27 @@ def side_by_side(function, arguments: list[tuple], *, workers: int, threads: int
     return results
 
 
-def _worker_start(threads: int, workers: int) -> None:
-    """A worker's torch threads: ``threads``, or a fair share of the cores when that is 0."""
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use (``CUDA_VISIBLE_DEVICES``, else all CUDA devices); empty on a CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _worker_start(threads: int, workers: int, gpus: list[str], started) -> None:
+    """A worker's torch threads (``threads``, or a fair share of the cores when that is 0) and, on a
+    GPU machine, its own GPU: the i-th worker started sees only GPU i mod n, so that evaluations
+    spread over the GPUs instead of stacking on the first."""
+    with started.get_lock():
+        index = started.value
+        started.value += 1
+    if gpus:  # before CUDA starts in this fresh process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     import torch
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))

@@ -98,7 +98,7 @@ def other_counts(mmlu_test: pd.DataFrame, mmlu_dev: pd.DataFrame, articles: pd.D
 
 def release_texts(P: dict) -> pd.DataFrame:
     """The authors' released texts (column ``Text``) where the profile reads the mirror, else none."""
-    return load_release_text() if P["data_source"] == "mirror" else pd.DataFrame({"Text": []})
+    return load_release_text() if P["data_source"] == "mirror" else pd.DataFrame({"Text": pd.Series(dtype=object)})
 
 
 def words_per_text(texts: pd.Series) -> pd.Series:

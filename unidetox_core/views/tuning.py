@@ -31,11 +31,11 @@ def grid_parameters(P: dict, grid_seeds=None, samples_lrs=None, targets_full_gri
     """``(grid_seeds, samples_lrs, targets_full_grid)``: the chapter's parameters, each ``None`` replaced
     by its default from profile ``P`` -- the profile's first two seeds (a choice made on one seed's
     continuations picks, among near-equal settings, the luckiest draw), the profile's ``samples_lrs``
-    (the paper tunes Samples at 1e-5 only), and the full UniDetox / Samples grid on the targets only on the paper profile (where
-    Figure 2 plots every point)."""
+    (the paper tunes Samples at 1e-5 only), and the profile's ``targets_full_grid`` (set on the paper
+    profile, where Figure 2 plots every point)."""
     seeds = list(P["seeds"][:2]) if grid_seeds is None else list(grid_seeds)
     lrs = list(P["samples_lrs"]) if samples_lrs is None else list(samples_lrs)
-    full = (P["profile"] == "paper") if targets_full_grid is None else bool(targets_full_grid)
+    full = P["targets_full_grid"] if targets_full_grid is None else bool(targets_full_grid)
     return seeds, lrs, full
 
 
