@@ -187,3 +187,38 @@ def test_bf16_evaluation_has_its_own_keys_and_gives_a_full_row(P, monkeypatch):
     assert E.mmlu_path(bf16, spec).parent.name != E.mmlu_path(P, spec).parent.name
     row = E.evaluate(bf16, spec, "val", 0, progress=False)
     assert 0.0 <= row["TP_all"] <= 1.0 and row["ppl_rows"] > 0 and 0.0 < row["dist_1"] <= 1.0
+
+
+def test_pruning_keeps_the_chosen_checkpoints_only(tmp_path, monkeypatch):
+    """After the steps are chosen, every other step folder of the fine-tuning runs goes, with the kept
+    ones' optimizer states and the finished toxic models' resume points; the run is marked pruned
+    (``detox_checkpoints`` then trains it no more), and loading a pruned checkpoint says what happened."""
+    import pandas as pd
+
+    from unidetox_core import experiments as E, finetune
+    from unidetox_core.profiles import load_profile
+
+    P = dict(load_profile("tiny", cache_dir=str(tmp_path), detox_steps=[1, 2, 3]))
+    run = tmp_path / "detox" / "gpt2-unidetox-abc"
+    for step in (1, 2, 3):
+        (run / f"step-{step}").mkdir(parents=True)
+        (run / f"step-{step}" / "config.json").write_text("{}")
+        (run / f"step-{step}" / "model.safetensors").write_bytes(b"0" * 1000)
+    (run / "step-3" / finetune.TRAINING_STATE).write_bytes(b"0" * 2000)
+    toxic = tmp_path / "toxic" / "gpt2-xyz"
+    (toxic / "final").mkdir(parents=True)
+    (toxic / "final" / "config.json").write_text("{}")
+    (toxic / "checkpoints" / "step-5").mkdir(parents=True)
+    (toxic / "checkpoints" / "step-5" / "model.safetensors").write_bytes(b"0" * 500)
+    chosen = run / "step-2"
+    monkeypatch.setattr(E, "method_variant", lambda P, method, model, value, lr, progress=True: {"checkpoint": str(chosen)})
+    selected = pd.DataFrame([{"method": "unidetox", "model": "m", "value": 2, "lr": 1e-3},
+                             {"method": "lmsteer", "model": "m", "value": -1.0, "lr": float("nan")}])
+    out = E.prune_checkpoints(P, selected)
+    assert out["kept"] == [str(chosen)] and out["freed_gib"] == pytest.approx((1002 + 3002 + 500) / 1024**3)  # step-1, step-3 with its state, toxic
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-2"]
+    assert not (toxic / "checkpoints").exists() and (toxic / "final" / "config.json").exists()
+    assert (run / E.PRUNED).exists()
+    with pytest.raises(FileNotFoundError, match="was pruned once the steps were chosen"):
+        E.check_not_pruned(run / "step-3")
+    E.check_not_pruned(chosen)  # kept: no complaint

@@ -191,6 +191,24 @@ def test_resume_after_interruption_gives_the_weights_of_an_uninterrupted_run(tin
                           **{**kw, "lr": 2e-3})
 
 
+def test_a_run_stopped_early_has_the_whole_runs_weights_and_continues(tiny_gpt2_path, texts, tmp_path):
+    """``stop_after`` ends a linear-schedule run at a grid step with the weights the whole run has there
+    (the rate still decays over all its steps); a later call continues it to the end."""
+    kw = dict(lr=1e-3, batch_size=4, max_length=32, seed=5, progress=False, steps=6, save_steps=(2, 4, 6),
+              **finetune.RECIPE)
+    reference, tok = fresh(tiny_gpt2_path)
+    full = finetune.finetune(reference, tok, texts, output_dir=tmp_path / "full", **kw)
+    model, _ = fresh(tiny_gpt2_path)
+    early = finetune.finetune(model, tok, texts, output_dir=tmp_path / "early", stop_after=4, **kw)
+    assert early["step"] == [1, 2, 3, 4] and early["lr"] == full["lr"][:4]  # the rate of a 6-step run
+    assert sorted(finetune.list_checkpoints(tmp_path / "early")) == [2, 4]
+    step4, _ = models.load_model(str(tmp_path / "full" / "step-4"), device="cpu")
+    assert same_weights(model, step4)
+    model, _ = fresh(tiny_gpt2_path)
+    rest = finetune.finetune(model, tok, texts, output_dir=tmp_path / "early", **kw)
+    assert rest["resumed_from"] == 4 and same_weights(model, reference)
+
+
 def test_load_texts_csv_keeps_empty_texts(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"Text": ["a b", "", "c"]}).to_csv(path, index=False)

@@ -65,6 +65,23 @@ def test_batched_equals_one_prompt_at_a_time(fixture, request):
     assert batched.continuation.tolist() == [c for f in one_by_one for c in f.continuation]
 
 
+def test_batch_size_zero_fits_the_rows_to_memory_and_changes_no_continuation(tiny_gpt2, monkeypatch):
+    model, tok = tiny_gpt2
+    fixed = generate.generate_continuations(model, tok, PROMPTS, n=3, max_new_tokens=6, seed=3, batch_size=5,
+                                            progress=False)
+    asked = []
+    monkeypatch.setattr(generate, "fitted_batch_size", lambda m, tokens: asked.append(tokens) or 4)
+    fitted = generate.generate_continuations(model, tok, PROMPTS, n=3, max_new_tokens=6, seed=3, batch_size=0,
+                                             progress=False)
+    longest = max(len(tok(p)["input_ids"]) for p in PROMPTS)
+    assert asked == [longest + 6]  # rows sized for the longest prompt plus the new tokens
+    assert fitted.continuation.tolist() == fixed.continuation.tolist()
+    monkeypatch.undo()
+    assert generate.fitted_batch_size(model, 30) == generate.CPU_BATCH_ROWS  # no GPU: memory does not limit
+    with pytest.raises(ValueError, match="batch_size=-1 must be a positive integer.*batch_size=0 fits"):
+        generate.generate_continuations(model, tok, PROMPTS, batch_size=-1, progress=False)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_opt", "tiny_llama"])
 def test_greedy_cached_loop_matches_transformers_generate(fixture, request):
     """Left padding, position ids and the KV cache give exactly the tokens of an unpadded ``generate``."""

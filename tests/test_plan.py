@@ -35,7 +35,10 @@ def test_paper_counts_follow_the_profile_and_the_grid():
     plain = sum(1 for job in grid if job[0] != "dexperts")
     val = counts[(counts["stage"] == "evaluation: generate (val)") & (counts["model"] == source)]
     assert val["runs"].item() == plain * 2 + 1 + 4 * 10  # two grid seeds; chapter 4's controls at one seed
-    assert val["steps"].item() == math.ceil(896 * 25 / 64) * 20
+    rows = plan.eval_rows(P, source, "A100-80GB")  # fitted to the GPU's memory (eval_batch_size 0)
+    assert rows > 64 and val["rows"].item() == rows and val["steps"].item() == math.ceil(896 * 25 / rows) * 20
+    # each prompt is read once per batch it lies in, not once per continuation
+    assert val["prefill_tokens"].item() == (896 + math.ceil(896 * 25 / rows)) * 48
     mmlu = counts[counts["stage"] == "MMLU"].set_index("model")["tokens"]
     assert mmlu[source] == 14042 * 2 * 120 and mmlu["facebook/opt-6.7b"] == 14042 * 4 * 120  # 1-shot, 3-shot
 
@@ -43,7 +46,7 @@ def test_paper_counts_follow_the_profile_and_the_grid():
 def test_costs_match_a_hand_computed_roofline():
     counts = pd.DataFrame([
         dict(stage="t", chapter="", model="m", runs=2, kind="train", tokens=1e9, steps=0, rows=0, models_per_step=0,
-             bytes_per_parameter=0, prefill_tokens=0, checkpoints=3),
+             bytes_per_parameter=0, prefill_tokens=0, checkpoints=3, kept=1, parallel=4),
         dict(stage="d", chapter="", model="m", runs=1, kind="decode", tokens=0, steps=100, rows=8, models_per_step=1,
              bytes_per_parameter=2, prefill_tokens=1000, checkpoints=0),
     ])
@@ -51,10 +54,12 @@ def test_costs_match_a_hand_computed_roofline():
     train, decode = costs.iloc[0], costs.iloc[1]
     assert train["gpu_hours"] == pytest.approx(2 * 8 * 1e9 * 1e9 / (312e12 * 0.4) / 3600)
     assert train["peak_gib"] == pytest.approx(16e9 / 4 / 2**30)
-    assert train["disk_gib"] == pytest.approx(2 * 3 * 4e9 / 2**30)
+    assert train["disk_gib"] == pytest.approx(2 * 3 * 4e9 / 2**30) and train["kept_gib"] == pytest.approx(4e9 / 2**30)
+    assert train["wall_hours"] == pytest.approx(train["gpu_hours"] / 4)  # sharded over the 4 GPUs
     # 8 rows of a 1 B model: reading 2 GB at 60% of 2.039 TB/s outlasts 16 GFLOP at half of 312 TFLOP/s
     step = 2e9 / (2.039e12 * 0.6)
     assert decode["gpu_hours"] == pytest.approx((100 * step + 2e9 * 1000 / (312e12 * 0.5)) / 3600)
+    assert decode["wall_hours"] == decode["gpu_hours"]  # no parallel column: one GPU at a time
     with pytest.raises(ValueError, match="gpu='V100' is not known"):
         plan.stage_costs(counts, "V100")
     with pytest.raises(ValueError, match="gpus=0 must be at least 1"):
@@ -85,9 +90,38 @@ def test_the_small_profile_is_planned_and_reads_only_its_own_gated_data():
     assert set(counts["model"]) == {"openai-community/gpt2", "facebook/opt-125m", "HuggingFaceTB/SmolLM2-135M",
                                     "openai-community/gpt2-large"}
     # the targets get only the chosen UniDetox and Samples settings (no full grid off the paper profile)
-    chosen = counts[counts["stage"] == "UniDetox and Samples fine-tuning (chosen)"]
+    chosen = counts[counts["stage"] == "UniDetox and Samples fine-tuning (chosen, at most)"]
     assert sorted(chosen["model"]) == ["HuggingFaceTB/SmolLM2-135M", "facebook/opt-125m"]
     # the evaluator reads 5 of the 25 continuations of each of 100 validation prompts
     ppl = counts[(counts["stage"] == "evaluation: perplexity (val)")]
-    assert (ppl["tokens"] == 100 * 5 * (48 + 20)).all()
+    assert (ppl["tokens"] == (100 + math.ceil(500 / 64)) * 48 + 500 * 20).all()  # prompts once per batch
     assert plan.parameters("HuggingFaceTB/SmolLM2-135M") == 134_515_008
+
+
+def test_rows_that_fit_a_gpu_match_a_hand_computation():
+    from unidetox_core.generate import kv_bytes_per_token, rows_that_fit
+
+    xl, falcon, smol = (plan.model_config(n) for n in ("openai-community/gpt2-xl", "tiiuae/falcon-7b",
+                                                         "HuggingFaceTB/SmolLM2-135M"))
+    assert kv_bytes_per_token(xl) == 2 * 48 * 25 * 64 * 2  # keys and values, 48 layers, 25 heads of 64, bf16
+    assert kv_bytes_per_token(falcon) == 2 * 32 * 1 * 64 * 2  # multi-query: one key/value head
+    assert kv_bytes_per_token(smol) == 2 * 30 * 3 * 64 * 2  # grouped: 3 key/value heads for 9 query heads
+    per_row = 2 * 48 * 25 * 64 * 2 * 68 + 16 * 50257
+    assert rows_that_fit(xl, 68, 10 * 2**30) == int(0.8 * 10 * 2**30 // per_row)
+    assert rows_that_fit(xl, 68, 0) == 1 and rows_that_fit(xl, 1, 1e15) == 4096
+
+
+def test_spreading_evaluations_and_pruning_cut_the_paper_plan():
+    """Against the code as its cost was first read (one evaluation at a time on the first GPU, 64-row
+    batches, every checkpoint kept): the node is held for less than half the GPU-hours, and the disk
+    kept once the steps are chosen is a tenth."""
+    P = load_profile("paper")
+    table = plan.comparison(P).set_index("8 x A100-80GB")
+    before, now = table["as first read"], table["now"]
+    assert now["GPU-hours held"] < before["GPU-hours held"] / 2
+    assert now["GPU-hours of work"] <= before["GPU-hours of work"]
+    assert now["GPU-hours held"] == pytest.approx(now["hours on the node"] * 8)
+    assert now["disk kept (GiB)"] < before["disk kept (GiB)"] / 10
+    costs = plan.plan_table(P)
+    fine_tunes = costs[costs["stage"] == "UniDetox and Samples fine-tuning"]
+    assert (fine_tunes["wall_hours"] * 8 == fine_tunes["gpu_hours"]).all()  # sharded over the 8 GPUs

@@ -46,7 +46,8 @@ from .forward import right_pad
 def finetune_distributed(model, tokenizer, texts: Sequence[str], *, lr: float, batch_size: int, steps: int,
                          save_steps=(), output_dir=None, max_length: int = 256, seed: int = 0,
                          accelerator=None, lr_schedule: str = "linear", max_grad_norm: float | None = 1.0,
-                         append_eos: bool = True, prepend_bos: bool = True, progress: bool = True) -> dict:
+                         append_eos: bool = True, prepend_bos: bool = True, progress: bool = True,
+                         stop_after: int | None = None) -> dict:
     """``finetune.finetune`` (AdamW, betas 0.9/0.999, no weight decay) run by ``accelerator`` (an
     ``accelerate.Accelerator``; one is made when ``None``, from the launch's config). Returns the
     history: ``step``, ``loss`` (this process's share), ``lr``, ``tokens``, ``wall_time_s``, ``checkpoints``."""
@@ -70,14 +71,15 @@ def finetune_distributed(model, tokenizer, texts: Sequence[str], *, lr: float, b
     pad_id = F.pad_id_of(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    end = steps if stop_after is None else min(int(stop_after), steps)  # the schedule still spans `steps`
     history = {"step": [], "loss": [], "lr": [], "tokens": 0, "wall_time_s": 0.0, "checkpoints": [],
                "engine": str(accelerator.distributed_type).split(".")[-1], "processes": world,
                "sharded": "FSDP" in type(model).__name__}  # FSDP1 wraps the model, FSDP2 renames its class
     torch.manual_seed(seed)
     model.train()
-    bar = F._progress_bar(progress and accelerator.is_local_main_process, steps, 0, "fine-tune")
+    bar = F._progress_bar(progress and accelerator.is_local_main_process, end, 0, "fine-tune")
     started = time.perf_counter()
-    for step in range(steps):
+    for step in range(end):
         rate = lr * F._lr_factor(lr_schedule, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = rate
@@ -125,7 +127,8 @@ def launch_prefix(config: str | os.PathLike, processes: int) -> list[str]:
 
 
 def launch(config: str | os.PathLike, *, model: str, texts_csv, lr: float, steps: int, save_steps, output_dir,
-           batch_size: int, max_length: int, seed: int = 0, processes: int | None = None, prefix=None) -> list[Path]:
+           batch_size: int, max_length: int, seed: int = 0, stop_after: int | None = None,
+           processes: int | None = None, prefix=None) -> list[Path]:
     """One fine-tune of the pipeline as one ``accelerate launch`` of this module over ``processes``
     GPUs (default: all present), with the engine of ``config`` (``configs/accelerate/*.yaml``, relative
     to the repository or absolute); waits for it and returns the checkpoint folders it wrote. This is
@@ -141,11 +144,12 @@ def launch(config: str | os.PathLike, *, model: str, texts_csv, lr: float, steps
             raise RuntimeError(f"finetune_engine={str(config)!r} shards training over GPUs and none is present; set "
                                "finetune_engine='' to train in one process (finetune.finetune).")
         prefix = launch_prefix(config, processes)
-    save_steps = sorted({int(s) for s in save_steps} | {int(steps)})
+    end = int(steps) if stop_after is None else min(int(stop_after), int(steps))
+    save_steps = sorted({int(s) for s in save_steps if int(s) <= end} | {end})
     command = [*prefix, "-m", "unidetox_core.distributed", "--model", str(model), "--texts", str(texts_csv),
                "--lr", repr(float(lr)), "--steps", str(int(steps)), "--save-steps", *map(str, save_steps),
                "--output-dir", str(output_dir), "--batch-size", str(int(batch_size)), "--max-length",
-               str(int(max_length)), "--seed", str(int(seed))]
+               str(int(max_length)), "--seed", str(int(seed)), "--stop-after", str(end)]
     done = subprocess.run(command, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"the distributed fine-tune failed (exit code {done.returncode}); its output is above. "
@@ -167,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this step; the learning-rate schedule still spans --steps")
     args = parser.parse_args(argv)
     model, tokenizer = models.load_model(args.model, dtype="float32", device="cpu", param="--model")
     history = finetune_distributed(model, tokenizer, F.load_texts_csv(args.texts), lr=args.lr,
                                    batch_size=args.batch_size, steps=args.steps,
                                    save_steps=args.save_steps or [args.steps], output_dir=args.output_dir,
-                                   max_length=args.max_length, seed=args.seed)
+                                   max_length=args.max_length, seed=args.seed, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {history['step'][-1]} steps with {history['engine']} over {history['processes']} process(es)"
               f"{', weights sharded' if history['sharded'] else ''}; checkpoints: {', '.join(history['checkpoints'])}")

@@ -212,32 +212,42 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- detox fine-tuning
-def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progress: bool = True) -> dict[int, Path]:
+def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progress: bool = True,
+                      upto: int | None = None) -> dict[int, Path]:
     """Fine-tune model ``name`` on the texts of ``text_csv`` with learning rate ``lr`` (AdamW, batch
-    ``P['detox_batch_size']``); one run to the largest step of ``P['detox_steps']``, saving each."""
+    ``P['detox_batch_size']``); one run to the largest step of ``P['detox_steps']``, saving each.
+
+    ``upto`` (a step of the grid) trains only that far -- what a model needs when only its chosen step
+    is evaluated -- and returns the checkpoints up to it. The learning-rate schedule still spans the
+    whole grid, so each checkpoint is the one the whole run writes (same folder, same weights); a
+    later call for more steps continues the run from its newest checkpoint (the engine route of
+    ``finetune_engine`` starts it over instead)."""
     from . import finetune, models
 
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise ValueError(f"lr={lr!r} must be a positive number (the paper uses 5e-5 and 1e-5; see P['detox_lrs']).")
     base = resolve_model(P, name)
     steps = sorted(P["detox_steps"])
+    if upto is not None and int(upto) not in steps:
+        raise ValueError(f"upto={upto!r} is not on the profile's step grid {steps}.")
+    end = steps[-1] if upto is None else int(upto)
     config = dict(base=base, texts=str(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                   max_length=P["detox_max_length"], steps=steps, seed=0, **finetune.RECIPE)
     folder = _stage_dir(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config)
-    paths = {s: folder / f"step-{s}" for s in steps}
-    if all((p / "config.json").exists() for p in paths.values()):
+    paths = {s: folder / f"step-{s}" for s in steps if s <= end}
+    if all((p / "config.json").exists() for p in paths.values()) or (folder / PRUNED).exists():
         return paths
     with _timed(P, "detox", f"{slug(name)}-{Path(text_csv).parent.name}", config, folder) as record:
         if P["finetune_engine"]:
             _train_over_gpus(P, base, text_csv, lr=lr, steps=steps[-1], save_steps=steps, output_dir=folder,
-                             batch_size=P["detox_batch_size"], max_length=P["detox_max_length"], seed=0)
-            record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1], engine=P["finetune_engine"])
+                             batch_size=P["detox_batch_size"], max_length=P["detox_max_length"], seed=0, stop_after=end)
+            record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=end, engine=P["finetune_engine"])
             return paths
         model, tokenizer = models.load_model(base, dtype="float32", device_map=P["device_map"] or None)
         history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                                     steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
-                                    output_dir=folder, progress=progress, **finetune.RECIPE)
-        record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=steps[-1],
+                                    output_dir=folder, progress=progress, stop_after=end, **finetune.RECIPE)
+        record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=end,
                       **{k: history.get(k) for k in ("tokens", "tokens_per_s", "resumed_from")})
     return paths
 
@@ -255,11 +265,61 @@ def _train_over_gpus(P: dict, base: str, texts_csv, **run) -> list[Path]:
 
 def write_texts(texts: list[str], path: Path) -> Path:
     """``texts`` as a CSV with a ``Text`` column (the form distilled texts have), atomically."""
-    from .cache import write_csv_atomic
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(pd.DataFrame({"Text": texts}), path, index=False)
     return path
+
+
+def prune_checkpoints(P: dict, selected: pd.DataFrame) -> dict:
+    """Delete the fine-tuning checkpoints that the chosen settings (``selected``, chapter 5's table) do
+    not use -- every step folder of every ``detox`` run in the cache except the chosen UniDetox and
+    Samples steps of each model -- the optimizer state kept in the newest checkpoint of each run, and
+    the resume points of the finished toxic models.
+    The evaluations already made stay cached; a checkpoint asked for again is trained again. Returns
+    ``kept`` (paths) and ``freed_gib``."""
+    import shutil
+
+    from . import finetune
+
+    keep = set()
+    for row in selected.itertuples():
+        if methods.get(row.method).fine_tuned and not pd.isna(row.value):
+            keep.add(Path(method_variant(P, row.method, row.model, row.value, row.lr, progress=False)["checkpoint"]))
+    freed = 0
+    for run in sorted((Path(P["cache_dir"]) / "toxic").glob("*")):  # a finished toxic model's resume points
+        if (run / "final" / "config.json").exists() and (run / "checkpoints").exists():
+            freed += sum(f.stat().st_size for f in (run / "checkpoints").rglob("*") if f.is_file())
+            shutil.rmtree(run / "checkpoints")
+    for run in sorted((Path(P["cache_dir"]) / "detox").glob("*")):
+        removed = []
+        for step, folder in finetune.list_checkpoints(run).items():
+            if folder in keep:
+                state = folder / finetune.TRAINING_STATE
+                if state.exists():
+                    freed += state.stat().st_size
+                    state.unlink()
+            else:
+                freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                shutil.rmtree(folder)
+                removed.append(step)
+        if removed:  # the run counts as done: naming its variants again must not train it again
+            pruned = run / PRUNED
+            earlier = json.loads(pruned.read_text())["steps"] if pruned.exists() else []
+            write_json_atomic(pruned, {"steps": sorted(set(earlier) | set(removed))})
+    return {"kept": sorted(str(k) for k in keep), "freed_gib": freed / 1024**3}
+
+
+PRUNED = "pruned.json"  # in a fine-tuning run's folder: the steps prune_checkpoints removed
+
+
+def check_not_pruned(checkpoint: str | Path) -> None:
+    """A clear error for a checkpoint ``prune_checkpoints`` removed, before loading fails obscurely."""
+    path = Path(checkpoint)
+    if not path.exists() and (path.parent / PRUNED).exists():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} was pruned once the steps were chosen (prune_checkpoints); its evaluations "
+            f"stay cached. To evaluate it anew, delete {str(path.parent / PRUNED)!r} and run again: the run is "
+            "trained again.")
 
 
 def free_models() -> None:
@@ -290,6 +350,7 @@ def build_variant(P: dict, spec: dict):
     ``(model, tokenizer, generate_kwargs)``; undo hooks after."""
     from . import baselines
 
+    check_not_pruned(spec["checkpoint"])
     model, tokenizer = _load_cached(spec["checkpoint"])
     method = methods.REGISTRY.get(spec["method"])
     acts_on = method.acts_on if method is not None else "weights"  # a plain checkpoint
@@ -621,10 +682,10 @@ def method_variant(P: dict, method: str, model: str, value: Any = None, lr: floa
         if value is None or lr is None or pd.isna(value) or pd.isna(lr):
             raise ValueError(f"{method} needs value= (fine-tuning steps) and lr=; got value={value!r}, lr={lr!r}.")
         steps = int(value)
+        if steps not in P["detox_steps"]:
+            raise ValueError(f"{method}: {steps} steps is not on the profile's step grid {sorted(P['detox_steps'])}.")
         checkpoints = detox_checkpoints(P, model, distilled_text(P, m.text, progress=progress), float(lr),
-                                        progress=progress)
-        if steps not in checkpoints:
-            raise ValueError(f"{method}: {steps} steps is not on the profile's step grid {sorted(checkpoints)}.")
+                                        progress=progress, upto=steps)
         return variant(m.name, model, checkpoints[steps], m.hparam, steps, lr=float(lr))
     if value is None or pd.isna(value):
         raise ValueError(f"{method} needs value= (its {m.hparam}).")

@@ -217,6 +217,7 @@ def finetune(
     keep_optimizer: str = "last",
     on_step: Callable[[int, float], None] | None = None,
     gradient_checkpointing="auto",
+    stop_after: int | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place on ``texts`` with AdamW (beta1 0.9, beta2 0.999); return the history.
 
@@ -237,6 +238,8 @@ def finetune(
     docstring (``RECIPE`` holds the official runs' values).
     ``keep_optimizer="last"`` keeps the (large: 2x the weights) optimizer state only in the newest
     checkpoint; ``"all"`` keeps it in each. ``on_step(step, loss)`` is called after every step.
+    ``stop_after`` ends the run after that step while the learning-rate schedule still spans ``steps``:
+    the weights are those the whole run has at that step, and a later call continues from there.
     ``gradient_checkpointing="auto"`` recomputes activations in the backward pass for models of
     over a billion parameters on a GPU (a 7 B model's activations at batch 8 x 256 tokens would not
     fit beside its weights and AdamW state otherwise); it is switched off again afterwards.
@@ -278,12 +281,13 @@ def finetune(
         start = 0
         if output_dir is not None:
             start = _resume(model, optimizer, output_dir, settings, total_steps, history, device)
-        bar = _progress_bar(progress and start < total_steps, total_steps, start, "fine-tune")
+        end = total_steps if stop_after is None else min(int(stop_after), total_steps)
+        bar = _progress_bar(progress and start < end, end, min(start, end), "fine-tune")
         started = time.perf_counter()
         try:
             model.train()
             steps_run = training_steps(model, optimizer, sequences, batch_size=batch_size, seed=seed, pad_id=pad_id,
-                                       start=start, total_steps=total_steps, grad_accum=grad_accum, bf16=bf16_on,
+                                       start=start, total_steps=total_steps, end=end, grad_accum=grad_accum, bf16=bf16_on,
                                        lr_at=lambda step: lr * _lr_factor(lr_schedule, step, total_steps),
                                        max_grad_norm=max_grad_norm)
             for step, loss, n_tokens in steps_run:
@@ -322,16 +326,17 @@ def check_float32_masters(model) -> None:
 
 def training_steps(model, optimizer, sequences: list[list[int]], *, batch_size: int, seed: int, pad_id: int,
                    total_steps: int, start: int = 0, grad_accum: int = 1, bf16: bool = False,
-                   lr_at: Callable[[int], float] | None = None, max_grad_norm: float | None = None):
+                   lr_at: Callable[[int], float] | None = None, max_grad_norm: float | None = None,
+                   end: int | None = None):
     """The training loop of fine-tuning and of LM-Steer: for each optimizer step from ``start`` to
-    ``total_steps``, the batch of that step (``batch_indices``), the mean token NLL backpropagated,
+    ``total_steps`` (or ``end``, when the run stops early), the batch of that step (``batch_indices``), the mean token NLL backpropagated,
     an optional clip of the model's gradient norm, one optimizer step (at ``lr_at(step)`` when
     given, 0-based). Yields ``(step, loss, tokens)``
     after each step (1-based), so the caller saves, logs or stops as it likes; the optimizer decides
     what is trained (all weights for fine-tuning, the steering matrix for LM-Steer).
     """
     device = model_device(model)
-    for step in range(start, total_steps):
+    for step in range(start, total_steps if end is None else end):
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)

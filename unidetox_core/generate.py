@@ -59,8 +59,10 @@ def check_generation_args(prompts, n, max_new_tokens, top_p, temperature, batch_
             "drop or fill missing prompts first (e.g. frame.prompt.fillna(''))."
         )
     for name, value in dict(n=n, max_new_tokens=max_new_tokens, batch_size=batch_size).items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive integer (the paper uses n=25, max_new_tokens=20).")
+        smallest = 0 if name == "batch_size" else 1  # batch_size 0: as many rows as fit the GPU
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise ValueError(f"{name}={value!r} must be a positive integer (the paper uses n=25, max_new_tokens=20"
+                             f"{'; batch_size=0 fits the rows to the free GPU memory' if name == 'batch_size' else ''}).")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} must be in (0, 1]; the paper samples with top_p=0.9, 1.0 turns the nucleus off.")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
@@ -68,6 +70,41 @@ def check_generation_args(prompts, n, max_new_tokens, top_p, temperature, batch_
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer (the paper runs seeds 0-4).")
     return prompts
+
+
+# ------------------------------------------------------------------------------- rows that fit memory
+CPU_BATCH_ROWS = 256  # batch_size=0 on a CPU: memory is not what limits a batch there
+MAX_BATCH_ROWS = 4096
+
+
+def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int:
+    """Bytes the KV cache holds per token of one row: keys and values of every layer, for each
+    key/value head (one for Falcon's multi-query attention, fewer than the query heads for LLaMA's
+    grouped attention)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    width = getattr(config, "hidden_size", None) or config.n_embd
+    kv_heads = getattr(config, "num_key_value_heads", None) or (1 if getattr(config, "multi_query", False) else heads)
+    return 2 * layers * kv_heads * (width // heads) * bytes_per_value
+
+
+def rows_that_fit(config, tokens_per_row: int, free_bytes: float, bytes_per_value: int = 2, share: float = 0.8,
+                  cap: int = MAX_BATCH_ROWS) -> int:
+    """How many rows a decoding batch may hold in ``free_bytes``: each row's KV cache over
+    ``tokens_per_row`` tokens plus four float32 rows of the vocabulary (logits, log-probabilities,
+    the nucleus's sort and its cumulative sum), within ``share`` of the free memory; 1 to ``cap``."""
+    per_row = kv_bytes_per_token(config, bytes_per_value) * tokens_per_row + 4 * 4 * config.vocab_size
+    return int(max(1, min(cap, share * free_bytes // per_row)))
+
+
+def fitted_batch_size(model, tokens_per_row: int) -> int:
+    """``rows_that_fit`` the free memory of the model's GPU now (its weights, and any other model this
+    process holds, already there); ``CPU_BATCH_ROWS`` on a CPU."""
+    device = model_device(model)
+    if device.type != "cuda":
+        return CPU_BATCH_ROWS
+    free, _ = torch.cuda.mem_get_info(device)
+    return rows_that_fit(model.config, tokens_per_row, free, bytes_per_value=next(model.parameters()).element_size())
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -151,7 +188,8 @@ def generate_continuations(
     (0..n-1), ``continuation``, ``seed``, ``n_new_tokens`` (plus ``continuation_ids`` when
     ``return_token_ids``) -- ordered by prompt then sample, whatever order the batches ran in.
 
-    - ``batch_size`` counts sequences (prompt x sample rows) per forward pass. Prompts are sorted by
+    - ``batch_size`` counts sequences (prompt x sample rows) per forward pass; 0 fits it to the free
+      memory of the model's GPU (``fitted_batch_size``; 256 on a CPU). Prompts are sorted by
       length so a batch holds prompts of similar length (little padding); each prompt in a batch is
       run once and its KV cache copied to its samples.
     - ``prefix`` (a safety pre-prompt, App. B.3) is put in front of every prompt's text for
@@ -195,6 +233,8 @@ def generate_continuations(
 
     # Longest prompts first: similar lengths share a batch, and memory trouble shows on batch one.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    if batch_size == 0:
+        batch_size = fitted_batch_size(model, len(encoded[order[0]]) + max_new_tokens)
     rows = [(i, s) for i in order for s in range(n)]
     batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
 

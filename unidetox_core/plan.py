@@ -74,6 +74,8 @@ ASSUMED = dict(
     mmlu_questions=14042,  # MMLU test questions (the mirror has them all)
     mmlu_tokens_per_shot=120,  # one question with its four choices and answer
 )
+RUNTIME_GIB = 4.0  # CUDA context, allocator slack and activations beside the weights, per GPU (assumed)
+PPL_BATCH_ROWS = 64  # continuations per batch of metrics.conditional_perplexity (its default)
 TRAINING_FLOPS_PER_TOKEN = 8  # forward 2 + backward 4 + the forward again under gradient checkpointing 2
 MASTER_BYTES = 16  # float32 weights 4 + gradients 4 + AdamW's two moments 8, per parameter (sharded)
 
@@ -95,20 +97,53 @@ def parameters(name: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------- counts
-def stage_counts(P: dict) -> pd.DataFrame:
+def model_config(name: str):
+    """The ``transformers`` configuration of ``name`` (a key of ``ARCHITECTURES``), built offline."""
+    import transformers
+
+    config_class, values = ARCHITECTURES[name]
+    return getattr(transformers, config_class)(**values)
+
+
+def eval_rows(P: dict, model: str, gpu: str, dexperts: bool = False) -> int:
+    """Rows of one decoding batch: the profile's ``eval_batch_size``, or (0) the rows that fit the GPU
+    (``generate.rows_that_fit``, as the evaluation computes them) beside the bf16 weights an evaluation
+    keeps there -- the model, DExperts' toxic copy, the evaluator -- and ``RUNTIME_GIB``. DExperts
+    decodes two models, so its rows hold two KV caches."""
+    from .generate import rows_that_fit
+
+    if P["eval_batch_size"]:
+        return int(P["eval_batch_size"])
+    resident = 2 * (parameters(model) * (2 if dexperts else 1) + parameters(P["evaluator_model"]))
+    free = GPUS[gpu]["memory_gib"] * GIB - resident - RUNTIME_GIB * GIB
+    rows = rows_that_fit(model_config(model), ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"], max(free, 0))
+    return max(1, rows // 2) if dexperts else rows
+
+
+def stage_counts(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
     """What the chapters of profile ``P`` will compute, one row per kind of stage: ``stage``,
     ``chapter``, ``model``, ``runs``, and per run the ``tokens`` it trains on or reads (``train`` /
-    ``forward``) or the decoding ``steps`` of ``rows`` rows it generates (``decode``), with
-    ``checkpoints`` kept. Only what costs GPU time is counted."""
+    ``forward``) or the decoding ``steps`` of ``rows`` rows it generates (``decode``), with the
+    ``checkpoints`` each run writes and those ``kept`` (all runs together) once the steps are chosen,
+    and ``parallel``: how many GPUs the stage's work runs on at once on ``gpus`` GPUs (a sharded
+    fine-tune: all of them; evaluations: one each, ``eval_workers`` at a time). Only what costs GPU
+    time is counted; a prompt is counted once per batch it appears in, as the code reads it (its KV
+    cache is copied to its continuations)."""
     from .views import distillation, tuning
 
+    if gpu not in GPUS:
+        raise ValueError(f"gpu={gpu!r} is not known; use one of {sorted(GPUS)}.")
     source, targets = P["source_model"], list(P["target_models"])
     models = [source, *targets]
     grid_seeds, samples_lrs, full = tuning.grid_parameters(P)
     n_toxic = P["toxic_max_texts"] or ASSUMED["toxic_texts"]
+    sharded = gpus if P["finetune_engine"] else 1
+    side_by_side = max(1, min(P["eval_workers"] or gpus, gpus))
     rows = []
 
     def add(stage, chapter, model, runs, kind, **amount):
+        amount.setdefault("kept", runs * amount.get("checkpoints", 0))
+        amount.setdefault("parallel", side_by_side if kind != "train" else sharded)
         rows.append(dict(stage=stage, chapter=chapter, model=model, runs=runs, kind=kind, **amount))
 
     toxic_steps = P["toxic_epochs"] * math.ceil(n_toxic / P["toxic_batch_size"])
@@ -117,7 +152,7 @@ def stage_counts(P: dict) -> pd.DataFrame:
             checkpoints=1)
         lmsteer_batches = P["lmsteer_steps"] or P["lmsteer_epochs"] * math.ceil(n_toxic / P["lmsteer_batch_size"])
         add("LM-Steer matrix", "05", model, 1, "forward",
-            tokens=lmsteer_batches * P["lmsteer_batch_size"] * P["toxic_max_length"], checkpoints=0)
+            tokens=lmsteer_batches * P["lmsteer_batch_size"] * P["toxic_max_length"], checkpoints=0, parallel=1)
 
     kinds = distillation.text_kinds(P, P["distill_alpha"] / 2, 50)
     texts = len(kinds) + 2 * (len(P["seeds"]) - 1)  # chapter 4's texts, UniDetox and Samples at every seed
@@ -129,16 +164,17 @@ def stage_counts(P: dict) -> pd.DataFrame:
     tuned = models if full else [source]
     detox_tokens = max(P["detox_steps"]) * P["detox_batch_size"] * P["detox_max_length"]
     per_model_runs = len(P["detox_lrs"]) + len(samples_lrs)
-    for model in tuned:
+    pruned = P["prune_checkpoints"]
+    for model in tuned:  # pruned: only the chosen UniDetox and Samples checkpoints stay
         add("UniDetox and Samples fine-tuning", "05", model, per_model_runs, "train", tokens=detox_tokens,
-            checkpoints=len(P["detox_steps"]))
+            checkpoints=len(P["detox_steps"]), **({"kept": 2} if pruned else {}))
     if not full:
-        for model in targets:  # the chosen UniDetox and Samples settings only, at most the longest
-            add("UniDetox and Samples fine-tuning (chosen)", "07", model, 2, "train", tokens=detox_tokens,
+        for model in targets:  # the chosen UniDetox and Samples settings, trained only to the chosen step
+            add("UniDetox and Samples fine-tuning (chosen, at most)", "07", model, 2, "train", tokens=detox_tokens,
                 checkpoints=1)
     other_texts = len(kinds) - 2 + 1  # alpha, top-k and cut-only texts, and the clean news
     add("control fine-tuning", "04", source, other_texts, "train", tokens=detox_tokens,
-        checkpoints=len(P["detox_steps"]))
+        checkpoints=len(P["detox_steps"]), **({"kept": 0} if pruned else {}))
 
     # Validation: chapter 5's grid at its seeds (per model, as grid_jobs lists it) and chapter 4's
     # controls on the source model at one seed; test: each model's tuned settings at every seed.
@@ -156,20 +192,22 @@ def stage_counts(P: dict) -> pd.DataFrame:
         prompts = P[f"n_{split}_prompts"] or ASSUMED[f"{split}_prompts"]
         continuations = prompts * P["eval_n_continuations"]
         chapter = "04, 05" if split == "val" else "06, 07"
+        batch = eval_rows(P, model, gpu, dexperts)
+        batches = math.ceil(continuations / batch)
         add(f"evaluation: generate ({split}{', DExperts' if dexperts else ''})", chapter, model, runs, "decode",
-            steps=math.ceil(continuations / P["eval_batch_size"]) * P["eval_max_new_tokens"],
-            rows=P["eval_batch_size"], models_per_step=2 if dexperts else 1, bytes_per_parameter=2,
-            prefill_tokens=continuations * ASSUMED["prompt_tokens"], checkpoints=0)
+            steps=batches * P["eval_max_new_tokens"], rows=batch, models_per_step=2 if dexperts else 1,
+            bytes_per_parameter=2, prefill_tokens=(prompts + batches) * ASSUMED["prompt_tokens"], checkpoints=0)
         scored = prompts * min(P["eval_ppl_samples"] or P["eval_n_continuations"], P["eval_n_continuations"])
+        contexts = prompts + math.ceil(scored / PPL_BATCH_ROWS)  # each prompt once per batch it appears in
         add(f"evaluation: perplexity ({split})", chapter, P["evaluator_model"], runs, "forward",
-            tokens=scored * (ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"]), checkpoints=0)
+            tokens=contexts * ASSUMED["prompt_tokens"] + scored * P["eval_max_new_tokens"], checkpoints=0)
 
     for model in models:
         shots = P["mmlu_shots"] if model == source else P["target_mmlu_shots"]
         questions = P["mmlu_max_questions"] or ASSUMED["mmlu_questions"]
         add("MMLU", "06, 07", model, per_model_settings, "forward",
             tokens=questions * (shots + 1) * ASSUMED["mmlu_tokens_per_shot"], checkpoints=0)
-    amounts = ["tokens", "steps", "rows", "models_per_step", "bytes_per_parameter", "prefill_tokens"]
+    amounts = ["tokens", "steps", "rows", "models_per_step", "bytes_per_parameter", "prefill_tokens", "kept"]
     frame = pd.DataFrame(rows)
     return frame.assign(**{c: frame[c].fillna(0) if c in frame else 0 for c in amounts})
 
@@ -177,8 +215,10 @@ def stage_counts(P: dict) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------- costs
 def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
                 parameter_counts: dict[str, int] | None = None) -> pd.DataFrame:
-    """``counts`` with the estimated ``gpu_hours`` (all runs of the row), the ``peak_gib`` per GPU of one
-    run and the ``disk_gib`` its kept checkpoints take, on ``gpus`` GPUs of kind ``gpu``."""
+    """``counts`` with the estimated ``gpu_hours`` of work (all runs of the row), the ``wall_hours``
+    they take on the node (``gpu_hours`` over the row's ``parallel`` GPUs), the ``peak_gib`` per GPU of
+    one run, and the ``disk_gib`` its checkpoints take when written and ``kept_gib`` once the steps are
+    chosen, on ``gpus`` GPUs of kind ``gpu``."""
     if gpu not in GPUS:
         raise ValueError(f"gpu={gpu!r} is not known; use one of {sorted(GPUS)}.")
     if gpus < 1:
@@ -193,9 +233,11 @@ def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
     out = []
     for row in counts.to_dict("records"):
         n = sizes[row["model"]]
+        parallel = row.get("parallel", 1)
+        parallel = 1 if pd.isna(parallel) else max(1, int(parallel))
         if row["kind"] == "train":
             seconds = TRAINING_FLOPS_PER_TOKEN * n * row["tokens"] / (flops_per_s * UTILISATION["train"])
-            peak = MASTER_BYTES * n / gpus / GIB
+            peak = MASTER_BYTES * n / parallel / GIB  # sharded over the engine's GPUs, or whole on one
         elif row["kind"] == "forward":
             seconds = 2 * n * row["tokens"] / (flops_per_s * UTILISATION["forward"])
             peak = 2 * n / GIB
@@ -206,19 +248,47 @@ def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
             prefill = 2 * n * row["models_per_step"] * row["prefill_tokens"] / (flops_per_s * UTILISATION["forward"])
             seconds = per_step * row["steps"] + prefill
             peak = row["bytes_per_parameter"] * n * row["models_per_step"] / GIB
-        out.append({**row, "parameters": n, "gpu_hours": row["runs"] * seconds / 3600, "peak_gib": peak,
-                    "disk_gib": row["runs"] * row["checkpoints"] * 4 * n / GIB})
+        hours = row["runs"] * seconds / 3600
+        out.append({**row, "parameters": n, "gpu_hours": hours, "wall_hours": hours / parallel, "peak_gib": peak,
+                    "disk_gib": row["runs"] * row["checkpoints"] * 4 * n / GIB,
+                    "kept_gib": (row["runs"] * row["checkpoints"] if pd.isna(row.get("kept", float("nan")))
+                                 else row["kept"]) * 4 * n / GIB})
     return pd.DataFrame(out)
 
 
 def plan_table(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
-    """``stage_costs`` of ``stage_counts``, one readable row per stage and model, and a total row."""
-    costs = stage_costs(stage_counts(P), gpu, gpus)
-    table = costs[["stage", "chapter", "model", "runs", "tokens", "steps", "gpu_hours", "peak_gib", "disk_gib"]].copy()
-    total = {"stage": "total", "chapter": "", "model": "", "runs": int(table["runs"].sum()), "tokens": table["tokens"].sum(),
-             "steps": table["steps"].sum(), "gpu_hours": table["gpu_hours"].sum(), "peak_gib": table["peak_gib"].max(),
-             "disk_gib": table["disk_gib"].sum()}
+    """``stage_costs`` of ``stage_counts``, one readable row per stage and model, and a total row
+    (``disk_gib``: every checkpoint written; ``kept_gib``: what stays once the steps are chosen)."""
+    costs = stage_costs(stage_counts(P, gpu, gpus), gpu, gpus)
+    table = costs[["stage", "chapter", "model", "runs", "rows", "tokens", "steps", "gpu_hours", "wall_hours",
+                   "peak_gib", "disk_gib", "kept_gib"]].copy()
+    total = {"stage": "total", "chapter": "", "model": "", "runs": int(table["runs"].sum()), "rows": 0,
+             "tokens": table["tokens"].sum(), "steps": table["steps"].sum(), "gpu_hours": table["gpu_hours"].sum(),
+             "wall_hours": table["wall_hours"].sum(), "peak_gib": table["peak_gib"].max(),
+             "disk_gib": table["disk_gib"].sum(), "kept_gib": table["kept_gib"].sum()}
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+# What the code did when the paper profile's cost was first read (issue 18): one evaluation at a time
+# on the first GPU, batches of 64 rows, every checkpoint kept, the targets trained to the last step.
+AS_FIRST_READ = dict(eval_workers=1, eval_batch_size=64, prune_checkpoints=False)
+
+
+def totals(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> dict:
+    """The plan's totals: GPU-hours of work, hours on the node, GPU-hours held (the node's GPUs for
+    those hours), and the disk written and kept."""
+    total = plan_table(P, gpu, gpus).iloc[-1]
+    return {"GPU-hours of work": total["gpu_hours"], "hours on the node": total["wall_hours"],
+            "GPU-hours held": total["wall_hours"] * gpus, "disk written (GiB)": total["disk_gib"],
+            "disk kept (GiB)": total["kept_gib"]}
+
+
+def comparison(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
+    """``totals`` of profile ``P`` beside those of the same profile run as the code ran it when its
+    cost was first read (``AS_FIRST_READ``), counted by the same cost model."""
+    before = totals({**dict(P), **AS_FIRST_READ}, gpu, gpus)
+    now = totals(P, gpu, gpus)
+    return pd.DataFrame({"as first read": before, "now": now}).rename_axis(f"{gpus} x {gpu}").reset_index()
 
 
 # ------------------------------------------------------------------------------------- refusals
@@ -322,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Plan of profile {args.profile!r} on {args.gpus} x {args.gpu} (estimates; see python -m "
               "unidetox_core.plan --help)\n")
         print(table.to_string(index=False))
-    print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[args.gpu]}; {ASSUMED}")
+        print("\nTotals, beside the same plan as the code ran it when its cost was first read (one evaluation at a "
+              "time on one GPU, 64-row batches, every checkpoint kept):\n")
+        print(comparison(P, args.gpu, args.gpus).to_string(index=False))
+    print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[args.gpu]}; runtime {RUNTIME_GIB} GiB per GPU; {ASSUMED}")
     problems = refusals(table, args.gpu, P["cache_dir"], gated=gated_repositories(P))
     for line in problems:
         print(f"would refuse: {line}")

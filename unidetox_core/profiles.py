@@ -80,7 +80,7 @@ class Profile(Mapping):
     eval_n_continuations: int = 25
     eval_max_new_tokens: int = 20
     eval_top_p: float = 0.9
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # rows per decoding batch; 0 = as many as fit the free GPU memory
     # Perplexity of the first k continuations of each prompt (0 = all 25, the paper's). The mean over
     # a random subset is unbiased; on a CPU the evaluator's pass costs as much as generating.
     eval_ppl_samples: int = 0
@@ -113,6 +113,9 @@ class Profile(Mapping):
     # UniDetox and Samples at every grid point on the targets too (Figure 2 plots every point), not only
     # at the steps chosen on the source model.
     targets_full_grid: bool = False
+    # Once chapter 5 has chosen the steps, delete every fine-tuning checkpoint the chosen settings do not
+    # use, and the optimizer states (experiments.prune_checkpoints): a 7 B checkpoint is 27 GB.
+    prune_checkpoints: bool = False
     # hardware: "" keeps a model on one device; "auto" shards 7 B models over the GPUs (accelerate)
     device_map: str = ""
     # How fine-tunes train: "" in this process (finetune.finetune, resumable); an accelerate config file
@@ -154,8 +157,11 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "toxicity_scorer": "detoxify",
         "second_toxicity_scorer": "profanity_check",
         "bias_scorer": "political_bias_bert",
-        "eval_batch_size": 64,
+        # Decoding batches as large as each GPU's free memory allows (generate.fitted_batch_size):
+        # fewer, fuller steps than a fixed 64 rows; the continuations do not depend on it.
+        "eval_batch_size": 0,
         "targets_full_grid": True,
+        "prune_checkpoints": True,
         "device_map": "auto",
         # Every fine-tune sharded over the node's GPUs by FSDP; every evaluation on a GPU of its own.
         "finetune_engine": "configs/accelerate/fsdp.yaml",
@@ -188,7 +194,8 @@ _CHANGES: dict[str, dict[str, Any]] = {
         "detox_max_length": 128,
         "n_val_prompts": 100,
         "n_test_prompts": 200,
-        "eval_batch_size": 128,
+        "eval_batch_size": 0,  # as many rows as the GPU holds (256 on a CPU)
+        "prune_checkpoints": True,
         "eval_ppl_samples": 5,  # the evaluator reads 5 of the 25 continuations of each prompt
         "mmlu_max_questions": 1140,  # 20 per subject: models of this size answer near chance
         "target_mmlu_shots": 1,
@@ -374,9 +381,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v > 0, f"{_POSITIVE} (e.g. {_DEFAULTS[k]})") for k in (
         "toxic_epochs", "toxic_batch_size", "toxic_max_length", "distill_n_texts", "distill_max_new_tokens",
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
-        "eval_max_new_tokens", "eval_batch_size", "lmsteer_batch_size", "lmsteer_epochs", "replicates")},
+        "eval_max_new_tokens", "lmsteer_batch_size", "lmsteer_epochs", "replicates")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
-        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
+        "toxic_max_texts", "eval_batch_size", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
     **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_DEFAULTS[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},

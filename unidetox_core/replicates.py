@@ -66,7 +66,7 @@ def core_variants(P: dict, replicate: int, selected: pd.DataFrame, progress: boo
         "toxic": E.variant("toxic", source, E.toxic_model(Pr, source, progress=progress)),
         "unidetox": E.method_variant(Pr, "unidetox", source, steps, lr, progress=progress),
         "samples": E.method_variant(Pr, "samples", source, int(sam["value"]), float(sam["lr"]), progress=progress),
-        "cut_only": E.variant("cut_only", source, E.detox_checkpoints(Pr, source, cut_text, lr, progress=progress)[steps],
+        "cut_only": E.variant("cut_only", source, E.detox_checkpoints(Pr, source, cut_text, lr, progress=progress, upto=steps)[steps],
                               "steps", steps, lr=lr),
     }
 

@@ -41,7 +41,7 @@ from .cache import atomic_path
 
 SMOKE_PROFILES = ("smoke", "smoke-small")
 DETOXIFY_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-BUILD_VERSION = 1  # bump when a stand-in changes, so an old folder is rebuilt
+BUILD_VERSION = 2  # bump when a stand-in changes, so an old folder is rebuilt
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -187,7 +187,8 @@ def build_bert_tokenizer(texts: list[str], lowercase: bool, folder: Path, vocab_
     wordpiece.save_model(str(folder))
     # from the folder, as BERT's tokenizer is loaded everywhere (the constructor's vocabulary argument
     # was renamed between transformers 4 and 5)
-    return BertTokenizer.from_pretrained(str(folder), do_lower_case=lowercase)
+    # 512 positions, as the real BERT tokenizers declare (Detoxify truncates to it)
+    return BertTokenizer.from_pretrained(str(folder), do_lower_case=lowercase, model_max_length=512)
 
 
 def snapshot_dir(root: Path, repo: str, kind: str = "model") -> Path:

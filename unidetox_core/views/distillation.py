@@ -197,7 +197,7 @@ def control_variant(P: dict, key: str, path: Path, steps: int, lr: float) -> dic
     source = P["source_model"]
     if key in METHOD_TEXTS:
         return E.method_variant(P, key, source, steps, lr, progress=False)
-    checkpoint = E.detox_checkpoints(P, source, path, lr, progress=False)[steps]
+    checkpoint = E.detox_checkpoints(P, source, path, lr, progress=False, upto=steps)[steps]
     return E.variant(key, source, checkpoint, "steps", steps, lr=float(lr))
 
 
