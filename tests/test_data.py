@@ -337,6 +337,9 @@ def test_hub_loaders_read_the_hub_schemas(monkeypatch):
     test = prompts[prompts["split"] == "test"]
     # labels from the ratings: 2.0 + 3.6 = 5.6 is hate, 1.0 + 2.0 is not
     assert test["label"].tolist() == ["hate", "neutral"] and test["category"].tolist() == ["religion", "gender_lgbtq"]
+    from unidetox_core.groups import GROUP_TERMS  # the hub's group names become the ones the analyses know
+
+    assert set(prompts["group"]) <= set(GROUP_TERMS) and "target_group" in prompts.columns
     assert (prompts["split"] == "val").sum() == round(4 * 0.1)  # 10% of the four kept train rows ("other" is not a group)
 
     mmlu = data.load_mmlu_hub()

@@ -365,6 +365,17 @@ TOXIGEN_OOD_GROUPS = {
     "physical_dis": "disability", "folks with physical disabilities": "disability",
 }
 
+# The hub's target_group names of those groups, as the group names above (which the seed files, the
+# per-group analyses and groups.GROUP_TERMS use).
+HUB_GROUP_NAMES = {
+    "lgbtq+ folks": "lgbtq", "black folks / african-americans": "black", "black/african-american folks": "black",
+    "asian folks": "asian", "latino/hispanic folks": "latino", "chinese folks": "chinese", "mexican folks": "mexican",
+    "middle eastern folks": "middle_east", "native american/indigenous folks": "native_american",
+    "native american folks": "native_american", "jewish folks": "jewish", "muslim folks": "muslim",
+    "mental_dis": "mental_disability", "folks with mental disabilities": "mental_disability",
+    "physical_dis": "physical_disability", "folks with physical disabilities": "physical_disability",
+}
+
 # Appendix B.1: the 34 DGHS target labels of gender, sexual orientation, race and religion.
 DGHS_TARGETS = (
     "wom", "trans", "gendermin", "bis", "gay", "gay.man", "gay.wom", "mixed.race", "ethnic.minority", "indig",
@@ -605,7 +616,8 @@ def load_toxigen_annotated_hub(seed: int = 0) -> pd.DataFrame:
     name = load_hub_sources()["toxigen_annotated"]["repo"]
     ds = _hub(lambda: hub_dataset("toxigen_annotated"), f"dataset {name!r} (annotated)")
     frame = split_toxigen_annotated(ds["train"].to_pandas(), ds["test"].to_pandas(), seed=seed)
-    return frame.rename(columns={"target_group": "group"})
+    frame["group"] = frame["target_group"].replace(HUB_GROUP_NAMES)  # one name per group, as offline
+    return frame
 
 
 def load_mmlu_hub(split: str = "test") -> pd.DataFrame:
