@@ -125,3 +125,31 @@ def test_spreading_evaluations_and_pruning_cut_the_paper_plan():
     costs = plan.plan_table(P)
     fine_tunes = costs[costs["stage"] == "UniDetox and Samples fine-tuning"]
     assert (fine_tunes["wall_hours"] * 8 == fine_tunes["gpu_hours"]).all()  # sharded over the 8 GPUs
+
+
+def test_measured_rates_replace_the_roofline(tiny_gpt2):
+    model, _ = tiny_gpt2
+    rates = plan.measure_rates(model, length=16, rows=2, decode_rows=(1, 4), repeats=1)
+    assert set(rates) == {"forward", "train", "decode_base", "decode_per_row"}
+    assert rates["train"] > rates["forward"] > 0 and rates["decode_base"] >= 0 and rates["decode_per_row"] >= 0
+    counts = pd.DataFrame([
+        dict(stage="t", chapter="", model="m", runs=2, kind="train", tokens=1000, steps=0, rows=0, models_per_step=0,
+             bytes_per_parameter=0, prefill_tokens=0, checkpoints=1),
+        dict(stage="d", chapter="", model="m", runs=1, kind="decode", tokens=0, steps=10, rows=8, models_per_step=2,
+             bytes_per_parameter=2, prefill_tokens=100, checkpoints=0),
+    ])
+    fixed = {"m": {"forward": 1e-4, "train": 3e-4, "decode_base": 0.01, "decode_per_row": 0.001}}
+    costs = plan.stage_costs(counts, plan.CPU, 1, parameter_counts={"m": 1000}, rates=fixed)
+    assert costs.loc[0, "gpu_hours"] == pytest.approx(2 * 3e-4 * 1000 / 3600)
+    assert costs.loc[1, "gpu_hours"] == pytest.approx(2 * ((0.01 + 0.001 * 8) * 10 + 1e-4 * 100) / 3600)
+
+
+def test_the_plan_stands_beside_the_run_log():
+    table = pd.DataFrame({"stage": ["toxic model", "evaluation: generate (val)", "evaluation: perplexity (val)", "total"],
+                          "gpu_hours": [1.0, 2.0, 1.0, 4.0]})
+    runs = pd.DataFrame({"profile": ["smoke"] * 4 + ["mini"], "stage": ["toxic", "eval", "eval", "eval", "eval"],
+                         "folder": ["t/a", "e/a", "e/a", "e/b", "e/c"], "seconds": [3600, 100, 7200, 3600, 9e9]})
+    out = plan.against_the_run_log(table, runs, "smoke").set_index("stage")
+    assert out.loc["toxic", "recorded / planned"] == 1.0
+    # e/a computed twice: its last time counts; e/b adds; the mini row is another profile's
+    assert out.loc["eval", "recorded hours"] == 3.0 and out.loc["eval", "planned hours"] == 3.0

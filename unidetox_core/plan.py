@@ -110,10 +110,12 @@ def eval_rows(P: dict, model: str, gpu: str, dexperts: bool = False) -> int:
     (``generate.rows_that_fit``, as the evaluation computes them) beside the bf16 weights an evaluation
     keeps there -- the model, DExperts' toxic copy, the evaluator -- and ``RUNTIME_GIB``. DExperts
     decodes two models, so its rows hold two KV caches."""
-    from .generate import rows_that_fit
+    from .generate import CPU_BATCH_ROWS, rows_that_fit
 
     if P["eval_batch_size"]:
         return int(P["eval_batch_size"])
+    if gpu == CPU:
+        return CPU_BATCH_ROWS
     resident = 2 * (parameters(model) * (2 if dexperts else 1) + parameters(P["evaluator_model"]))
     free = GPUS[gpu]["memory_gib"] * GIB - resident - RUNTIME_GIB * GIB
     rows = rows_that_fit(model_config(model), ASSUMED["prompt_tokens"] + P["eval_max_new_tokens"], max(free, 0))
@@ -131,7 +133,7 @@ def stage_counts(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame
     cache is copied to its continuations)."""
     from .views import distillation, tuning
 
-    if gpu not in GPUS:
+    if gpu not in GPUS and gpu != CPU:
         raise ValueError(f"gpu={gpu!r} is not known; use one of {sorted(GPUS)}.")
     source, targets = P["source_model"], list(P["target_models"])
     models = [source, *targets]
@@ -214,16 +216,18 @@ def stage_counts(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame
 
 # ----------------------------------------------------------------------------------------- costs
 def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
-                parameter_counts: dict[str, int] | None = None) -> pd.DataFrame:
+                parameter_counts: dict[str, int] | None = None, rates: dict | None = None) -> pd.DataFrame:
     """``counts`` with the estimated ``gpu_hours`` of work (all runs of the row), the ``wall_hours``
     they take on the node (``gpu_hours`` over the row's ``parallel`` GPUs), the ``peak_gib`` per GPU of
     one run, and the ``disk_gib`` its checkpoints take when written and ``kept_gib`` once the steps are
-    chosen, on ``gpus`` GPUs of kind ``gpu``."""
-    if gpu not in GPUS:
+    chosen, on ``gpus`` GPUs of kind ``gpu``. With ``rates`` (model -> ``measure_rates``) a model's
+    time comes from its measured seconds per token and per decoding step instead of the roofline."""
+    if gpu not in GPUS and not rates:
         raise ValueError(f"gpu={gpu!r} is not known; use one of {sorted(GPUS)}.")
     if gpus < 1:
         raise ValueError(f"gpus={gpus} must be at least 1.")
-    spec = GPUS[gpu]
+    spec = GPUS.get(gpu, GPUS["A100-80GB"])  # measured rates need no vendor figures
+    rates = rates or {}
     sizes = dict(parameter_counts or {})
     for name in counts["model"].unique():
         if name not in sizes:
@@ -248,6 +252,13 @@ def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
             prefill = 2 * n * row["models_per_step"] * row["prefill_tokens"] / (flops_per_s * UTILISATION["forward"])
             seconds = per_step * row["steps"] + prefill
             peak = row["bytes_per_parameter"] * n * row["models_per_step"] / GIB
+        if row["model"] in rates:  # measured: seconds per token (train, forward) and per decoding step
+            rate = rates[row["model"]]
+            if row["kind"] in ("train", "forward"):
+                seconds = rate[row["kind"]] * row["tokens"]
+            else:
+                step_s = rate["decode_base"] + rate["decode_per_row"] * row["rows"]
+                seconds = row["models_per_step"] * (step_s * row["steps"] + rate["forward"] * row["prefill_tokens"])
         hours = row["runs"] * seconds / 3600
         out.append({**row, "parameters": n, "gpu_hours": hours, "wall_hours": hours / parallel, "peak_gib": peak,
                     "disk_gib": row["runs"] * row["checkpoints"] * 4 * n / GIB,
@@ -256,10 +267,11 @@ def stage_costs(counts: pd.DataFrame, gpu: str = "A100-80GB", gpus: int = 8,
     return pd.DataFrame(out)
 
 
-def plan_table(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
+def plan_table(P: dict, gpu: str = "A100-80GB", gpus: int = 8, rates: dict | None = None,
+               parameter_counts: dict[str, int] | None = None) -> pd.DataFrame:
     """``stage_costs`` of ``stage_counts``, one readable row per stage and model, and a total row
     (``disk_gib``: every checkpoint written; ``kept_gib``: what stays once the steps are chosen)."""
-    costs = stage_costs(stage_counts(P, gpu, gpus), gpu, gpus)
+    costs = stage_costs(stage_counts(P, gpu, gpus), gpu, gpus, parameter_counts, rates)
     table = costs[["stage", "chapter", "model", "runs", "rows", "tokens", "steps", "gpu_hours", "wall_hours",
                    "peak_gib", "disk_gib", "kept_gib"]].copy()
     total = {"stage": "total", "chapter": "", "model": "", "runs": int(table["runs"].sum()), "rows": 0,
@@ -289,6 +301,87 @@ def comparison(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
     before = totals({**dict(P), **AS_FIRST_READ}, gpu, gpus)
     now = totals(P, gpu, gpus)
     return pd.DataFrame({"as first read": before, "now": now}).rename_axis(f"{gpus} x {gpu}").reset_index()
+
+
+# ------------------------------------------------------------------------------ measured rates
+CPU = "cpu"  # the "GPU" of a plan whose rates were measured on this machine's CPU
+
+
+def measure_rates(model, length: int = 64, rows: int = 8, decode_rows: tuple[int, int] = (1, 32),
+                  repeats: int = 3) -> dict:
+    """Seconds this machine takes with ``model``, on its device: per token of a forward pass and of a
+    training step (forward, backward, AdamW on float32 weights), both over ``rows`` x ``length``
+    tokens; and per decoding step as ``decode_base + decode_per_row * rows``, fitted to one step on a
+    ``length``-token cache at the two ``decode_rows``. The best of ``repeats`` timings each. On a CPU
+    at the smoke sizes they are what ``make plan PROFILE=smoke`` costs the stages with; on a GPU, with
+    randomly initialised models of the real configurations, they are the paper plan's calibration."""
+    import copy
+    import time
+
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(n_rows: int, n_tokens: int):
+        return torch.randint(vocab, (n_rows, n_tokens), generator=generator).to(device)
+
+    def best(run) -> float:
+        times = []
+        for _ in range(repeats + 1):  # the first call warms up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    batch = ids(rows, length)
+    with torch.inference_mode():
+        forward = best(lambda: model(batch)) / (rows * length)
+    trainee = copy.deepcopy(model).float().train()
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-5)
+
+    def train_step():
+        trainee(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    train = best(train_step) / (rows * length)
+    del trainee, optimizer
+    steps = {}
+    with torch.inference_mode():
+        for n_rows in decode_rows:
+            cache = model(ids(n_rows, length), use_cache=True).past_key_values
+            token = ids(n_rows, 1)
+            steps[n_rows] = best(lambda: model(token, past_key_values=copy.deepcopy(cache), use_cache=True))
+    (r1, t1), (r2, t2) = sorted(steps.items())
+    per_row = max(0.0, (t2 - t1) / (r2 - r1))
+    return {"forward": forward, "train": train, "decode_base": max(0.0, t1 - per_row * r1), "decode_per_row": per_row}
+
+
+RUN_LOG_STAGES = {  # the run log's stage of each plan stage (stages.timed records one line per stage)
+    "toxic model": "toxic", "LM-Steer matrix": "lmsteer", "distillation": "distilled", "control fine-tuning": "detox",
+    "UniDetox and Samples fine-tuning": "detox", "evaluation": "eval", "MMLU": "mmlu",
+}
+
+
+def against_the_run_log(table: pd.DataFrame, runs: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Planned hours beside the hours a run of ``profile`` recorded (``stages.run_log``), per stage of
+    the run log. An evaluation's recorded time also holds the two toxicity scorers, which the plan
+    does not count; a stage computed more than once counts with its last time; stages cached before
+    the run are missing from its log."""
+    planned = table[table["stage"] != "total"].assign(
+        log_stage=lambda t: t["stage"].str.replace(r" \(.*| ?:.*", "", regex=True).map(RUN_LOG_STAGES))
+    planned = planned.groupby("log_stage")["gpu_hours"].sum()
+    ran = runs[runs["profile"] == profile].drop_duplicates("folder", keep="last")  # a stage computed anew: its last time
+    ran = ran.groupby("stage")["seconds"].sum() / 3600
+    out = pd.DataFrame({"planned hours": planned, "recorded hours": ran}).fillna(0.0)
+    out["recorded / planned"] = out["recorded hours"] / out["planned hours"].where(out["planned hours"] > 0)
+    return out.rename_axis("stage").reset_index()
 
 
 # ------------------------------------------------------------------------------------- refusals
@@ -383,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=8)
     args = parser.parse_args(argv)
     P = load_profile(args.profile)
+    if P["hub_stand_ins"]:
+        return _measured_plan(P)
     if str(P["source_model"]).startswith("world:"):
         print(f"profile {args.profile!r} trains its own world on a CPU; the plan is for hub models on GPUs "
               "(--profile paper).")
@@ -400,6 +495,30 @@ def main(argv: list[str] | None = None) -> int:
     for line in problems:
         print(f"would refuse: {line}")
     return 1 if problems else 0
+
+
+def _measured_plan(P: dict) -> int:
+    """A smoke profile's plan on this CPU from rates measured on its stand-ins, beside what its last
+    run recorded in the run log."""
+    from . import smoke
+
+    smoke.activate(P)  # before transformers is imported: it reads HF_HOME once
+    from . import models, stages
+
+    names = list(dict.fromkeys([P["source_model"], *P["target_models"], P["evaluator_model"]]))
+    rates, sizes = {}, {}
+    for name in names:
+        model, _ = models.load_model(name, device="cpu")
+        rates[name], sizes[name] = measure_rates(model), models.count_parameters(model)
+    table = plan_table(P, CPU, 1, rates=rates, parameter_counts=sizes)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.4f}".format):
+        print(f"Plan of profile {P['profile']!r} on this CPU, from rates measured on its stand-ins (hours):\n")
+        print(table.drop(columns=["wall_hours", "peak_gib"]).to_string(index=False))
+        runs = stages.run_log(P["cache_dir"])
+        if not runs.empty and (runs["profile"] == P["profile"]).any():
+            print("\nBeside the stages its last run recorded (cache/runs.jsonl):\n")
+            print(against_the_run_log(table, runs, P["profile"]).to_string(index=False))
+    return 0
 
 
 if __name__ == "__main__":
