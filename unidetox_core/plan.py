@@ -307,12 +307,14 @@ def comparison(P: dict, gpu: str = "A100-80GB", gpus: int = 8) -> pd.DataFrame:
 CPU = "cpu"  # the "GPU" of a plan whose rates were measured on this machine's CPU
 
 
-def measure_rates(model, length: int = 64, rows: int = 8, decode_rows: tuple[int, int] = (1, 32),
-                  repeats: int = 3) -> dict:
+def measure_rates(model, length: int = 64, rows: int = 8, decode_rows: tuple[int, int] = (8, 256),
+                  repeats: int = 5) -> dict:
     """Seconds this machine takes with ``model``, on its device: per token of a forward pass and of a
     training step (forward, backward, AdamW on float32 weights), both over ``rows`` x ``length``
     tokens; and per decoding step as ``decode_base + decode_per_row * rows``, fitted to one step on a
-    ``length``-token cache at the two ``decode_rows``. The best of ``repeats`` timings each. On a CPU
+    ``length``-token cache at the two ``decode_rows`` (the second is the rows a CPU evaluation decodes,
+    so it is measured, not extrapolated). The best of ``repeats`` timings each: a busy machine only
+    slows a timing down. On a CPU
     at the smoke sizes they are what ``make plan PROFILE=smoke`` costs the stages with; on a GPU, with
     randomly initialised models of the real configurations, they are the paper plan's calibration."""
     import copy
