@@ -222,3 +222,28 @@ def test_pruning_keeps_the_chosen_checkpoints_only(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="was pruned once the steps were chosen"):
         E.check_not_pruned(run / "step-3")
     E.check_not_pruned(chosen)  # kept: no complaint
+
+
+def test_each_worker_process_sees_a_gpu_of_its_own(monkeypatch):
+    """On a GPU machine the i-th worker started sees only GPU i mod n (``CUDA_VISIBLE_DEVICES``), so
+    side-by-side evaluations spread over the GPUs instead of stacking on the first."""
+    import multiprocessing
+    import os
+
+    from unidetox_core import stages
+
+    started = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        stages._worker_start(1, 2, ["2", "5"], started)
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert seen == ["2", "5", "2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    stages._worker_start(1, 2, [], started)  # a CPU machine: nothing to pin
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    if torch.cuda.is_available():
+        assert stages.gpu_ids() == ["4", "6"]
+    else:
+        assert stages.gpu_ids() == []

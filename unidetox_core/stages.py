@@ -131,9 +131,10 @@ def manifest(where) -> dict[str, Any] | None:
 def side_by_side(function, arguments: list[tuple], *, workers: int, threads: int = 0, desc: str = "",
                  progress: bool = True) -> list:
     """``[function(*args) for args in arguments]``, ``workers`` calls at a time, each in a fresh
-    ("spawn") process with ``threads`` torch threads (0: a fair share of the cores); here, one after
-    another, when ``workers`` is 1 or there is one call. Returns the results in the order of
-    ``arguments``. A failure stops the rest and is raised here; stages that finished stay cached.
+    ("spawn") process with ``threads`` torch threads (0: a fair share of the cores) and, on a GPU
+    machine, a GPU of its own; here, one after another, when ``workers`` is 1 or there is one call.
+    ``workers`` 0 is one per GPU (1 on a CPU). Returns the results in the order of ``arguments``. A
+    failure stops the rest and is raised here; stages that finished stay cached.
 
     Why processes: on a 2-core CPU two single-threaded runs side by side do more than one run with
     two threads (whose OpenMP threads wait for each other on a busy machine), and a fixed thread
