@@ -153,3 +153,16 @@ def test_the_plan_stands_beside_the_run_log():
     assert out.loc["toxic", "recorded / planned"] == 1.0
     # e/a computed twice: its last time counts; e/b adds; the mini row is another profile's
     assert out.loc["eval", "recorded hours"] == 3.0 and out.loc["eval", "planned hours"] == 3.0
+
+
+def test_the_preflight_of_a_paper_run_prints_the_plan_and_refuses(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(plan, "_gpu_memory_gib", lambda: [])
+    monkeypatch.setattr(plan, "_hub_access", lambda repo: None)
+    P = load_profile("paper", cache_dir=str(tmp_path))
+    problems = plan.preflight(P)
+    shown = capsys.readouterr().out
+    assert "Plan of profile 'paper' on 8 x A100-80GB" in shown and "UniDetox and Samples fine-tuning" in shown
+    assert "GPU-hours held" in shown and "as first read" in shown
+    assert any(p.startswith("disk: 2758 GiB") for p in problems) and "GPU: none found" in " ".join(problems)
+    assert plan.preflight(load_profile("mini")) == []  # the world's models: not this cost model's
+    assert plan.preflight(load_profile("smoke")) == [] and "on stand-ins for the hubs" in capsys.readouterr().out

@@ -448,22 +448,49 @@ def _hub_access(repo: str) -> str | None:
     return None
 
 
-def preflight(P: dict, gpu: str = "A100-80GB") -> list[str]:
+def detected_gpu(default: str = "A100-80GB") -> str:
+    """The ``GPUS`` entry of this machine's first GPU, by its name; ``default`` when none matches."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return default
+    name = torch.cuda.get_device_name(0).upper()
+    for key in ("H200", "H100", "A100", "T4"):
+        if key in name:
+            return next(g for g in GPUS if g.startswith(key))
+    return default
+
+
+def print_plan(P: dict, table: pd.DataFrame, gpu: str, gpus: int) -> None:
+    """The plan's table, its totals beside the code as first read, and what it assumed."""
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.1f}".format):
+        print(f"Plan of profile {P['profile']!r} on {gpus} x {gpu} (estimates; see python -m unidetox_core.plan "
+              "--help)\n")
+        print(table.to_string(index=False))
+        print("\nTotals, beside the same plan as the code ran it when its cost was first read (one evaluation at a "
+              "time on one GPU, 64-row batches, every checkpoint kept):\n")
+        print(comparison(P, gpu, gpus).to_string(index=False))
+    print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[gpu]}; runtime {RUNTIME_GIB} GiB per GPU; {ASSUMED}",
+          flush=True)
+
+
+def preflight(P: dict, gpu: str | None = None) -> list[str]:
     """The plan's refusals before a run of profile ``P`` whose models are all in ``ARCHITECTURES`` (the
-    paper profile), after a line with its planned total on the GPUs present (8 assumed where there
-    are none); empty for any other profile, whose stages this cost model does not describe."""
+    paper and small profiles), after the plan itself on the GPUs present (their kind by name, 8 assumed
+    where there are none); empty for any other profile, whose stages this cost model does not describe."""
     named = [P["source_model"], *P["target_models"], P["evaluator_model"]]
     if not all(name in ARCHITECTURES for name in named):
         return []
-    present = _gpu_memory_gib()
-    table = plan_table(P, gpu, len(present) or 8)
-    total = table[table["stage"] == "total"].iloc[0]
-    if P.get("hub_stand_ins"):  # a smoke run: tiny stand-ins on a CPU; the costs above are the real models'
-        print(f"plan: {total['runs']} runs at the {P['profile']!r} profile's sizes, on stand-ins for the hubs: "
-              "nothing is checked against this machine (the real plan: make plan PROFILE=paper)", flush=True)
+    if P.get("hub_stand_ins"):  # a smoke run: tiny stand-ins on a CPU, which this cost model does not describe
+        total = stage_counts(P)["runs"].sum()
+        print(f"plan: {total} runs at the {P['profile']!r} profile's sizes, on stand-ins for the hubs: nothing is "
+              f"checked against this machine (measured: make plan PROFILE={P['profile']}; the real plan: make plan "
+              "PROFILE=paper)", flush=True)
         return []
-    print(f"plan: {total['runs']} runs, about {total['gpu_hours']:.0f} {gpu}-hours and {total['disk_gib']:.0f} GiB of "
-          f"checkpoints (estimates; the table: make plan PROFILE={P['profile']})", flush=True)
+    present = _gpu_memory_gib()
+    gpu = gpu or detected_gpu()
+    table = plan_table(P, gpu, len(present) or 8)
+    print_plan(P, table, gpu, len(present) or 8)
     return refusals(table, gpu, P["cache_dir"], gpu_memory_gib=present, gated=gated_repositories(P))
 
 
@@ -485,14 +512,7 @@ def main(argv: list[str] | None = None) -> int:
               "(--profile paper).")
         return 0
     table = plan_table(P, args.gpu, args.gpus)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.1f}".format):
-        print(f"Plan of profile {args.profile!r} on {args.gpus} x {args.gpu} (estimates; see python -m "
-              "unidetox_core.plan --help)\n")
-        print(table.to_string(index=False))
-        print("\nTotals, beside the same plan as the code ran it when its cost was first read (one evaluation at a "
-              "time on one GPU, 64-row batches, every checkpoint kept):\n")
-        print(comparison(P, args.gpu, args.gpus).to_string(index=False))
-    print(f"\nassumed: {UTILISATION} of the vendor peak {GPUS[args.gpu]}; runtime {RUNTIME_GIB} GiB per GPU; {ASSUMED}")
+    print_plan(P, table, args.gpu, args.gpus)
     problems = refusals(table, args.gpu, P["cache_dir"], gated=gated_repositories(P))
     for line in problems:
         print(f"would refuse: {line}")
