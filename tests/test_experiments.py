@@ -205,11 +205,16 @@ def test_pruning_keeps_the_chosen_checkpoints_only(tmp_path, monkeypatch):
         (run / f"step-{step}" / "config.json").write_text("{}")
         (run / f"step-{step}" / "model.safetensors").write_bytes(b"0" * 1000)
     (run / "step-3" / finetune.TRAINING_STATE).write_bytes(b"0" * 2000)
+    (run / "manifest.json").write_text('{"profile": "tiny"}')
+    other = tmp_path / "detox" / "gpt2-unidetox-of-another-profile"  # made by the mini profile: not ours
+    (other / "step-1").mkdir(parents=True)
+    (other / "manifest.json").write_text('{"profile": "mini"}')
     toxic = tmp_path / "toxic" / "gpt2-xyz"
     (toxic / "final").mkdir(parents=True)
     (toxic / "final" / "config.json").write_text("{}")
     (toxic / "checkpoints" / "step-5").mkdir(parents=True)
     (toxic / "checkpoints" / "step-5" / "model.safetensors").write_bytes(b"0" * 500)
+    (toxic / "manifest.json").write_text('{"profile": "tiny"}')
     chosen = run / "step-2"
     monkeypatch.setattr(E, "method_variant", lambda P, method, model, value, lr, progress=True: {"checkpoint": str(chosen)})
     selected = pd.DataFrame([{"method": "unidetox", "model": "m", "value": 2, "lr": 1e-3},
@@ -219,6 +224,7 @@ def test_pruning_keeps_the_chosen_checkpoints_only(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-2"]
     assert not (toxic / "checkpoints").exists() and (toxic / "final" / "config.json").exists()
     assert (run / E.PRUNED).exists()
+    assert (other / "step-1").exists() and not (other / E.PRUNED).exists()
     with pytest.raises(FileNotFoundError, match="was pruned once the steps were chosen"):
         E.check_not_pruned(run / "step-3")
     E.check_not_pruned(chosen)  # kept: no complaint

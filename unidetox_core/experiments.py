@@ -272,7 +272,8 @@ def write_texts(texts: list[str], path: Path) -> Path:
 
 def prune_checkpoints(P: dict, selected: pd.DataFrame) -> dict:
     """Delete the fine-tuning checkpoints that the chosen settings (``selected``, chapter 5's table) do
-    not use -- every step folder of every ``detox`` run in the cache except the chosen UniDetox and
+    not use -- every step folder of every ``detox`` run this profile made (its manifest says so:
+    profiles share one cache) except the chosen UniDetox and
     Samples steps of each model -- the optimizer state kept in the newest checkpoint of each run, and
     the resume points of the finished toxic models.
     The evaluations already made stay cached; a checkpoint asked for again is trained again. Returns
@@ -285,12 +286,16 @@ def prune_checkpoints(P: dict, selected: pd.DataFrame) -> dict:
     for row in selected.itertuples():
         if methods.get(row.method).fine_tuned and not pd.isna(row.value):
             keep.add(Path(method_variant(P, row.method, row.model, row.value, row.lr, progress=False)["checkpoint"]))
+    def ours(run: Path) -> bool:  # profiles share one cache: prune only the runs this profile made
+        record = stages.manifest(run)
+        return record is not None and record.get("profile") == P["profile"]
+
     freed = 0
     for run in sorted((Path(P["cache_dir"]) / "toxic").glob("*")):  # a finished toxic model's resume points
-        if (run / "final" / "config.json").exists() and (run / "checkpoints").exists():
+        if ours(run) and (run / "final" / "config.json").exists() and (run / "checkpoints").exists():
             freed += sum(f.stat().st_size for f in (run / "checkpoints").rglob("*") if f.is_file())
             shutil.rmtree(run / "checkpoints")
-    for run in sorted((Path(P["cache_dir"]) / "detox").glob("*")):
+    for run in sorted(r for r in (Path(P["cache_dir"]) / "detox").glob("*") if ours(r)):
         removed = []
         for step, folder in finetune.list_checkpoints(run).items():
             if folder in keep:
