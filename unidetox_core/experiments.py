@@ -94,6 +94,8 @@ def toxic_model(P: dict, name: str, progress: bool = True) -> Path:
             last.rename(final)
             record.update(model=name, steps=total, engine=P["finetune_engine"])
             return final
+        if not _cpu():  # the GPU memory the evaluations' models hold is the fine-tune's now
+            free_models()
         model, tokenizer = models.load_model(base, dtype="float32", device_map=P["device_map"] or None)
         every = max(1, total // 5)  # a few checkpoints, so an interrupted run resumes
         history = finetune.finetune(model, tokenizer, texts, lr=P["toxic_lr"], batch_size=P["toxic_batch_size"],
@@ -243,6 +245,8 @@ def detox_checkpoints(P: dict, name: str, text_csv: str | Path, lr: float, progr
                              batch_size=P["detox_batch_size"], max_length=P["detox_max_length"], seed=0, stop_after=end)
             record.update(model=name, text=Path(text_csv).parent.name, lr=lr, steps=end, engine=P["finetune_engine"])
             return paths
+        if not _cpu():
+            free_models()
         model, tokenizer = models.load_model(base, dtype="float32", device_map=P["device_map"] or None)
         history = finetune.finetune(model, tokenizer, read_texts(text_csv), lr=lr, batch_size=P["detox_batch_size"],
                                     steps=steps[-1], save_steps=steps, max_length=P["detox_max_length"], seed=0,
