@@ -5,11 +5,14 @@ seconds; they need the data mirror (prompts, toxic corpus)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from unidetox_core import baselines as B
+from unidetox_core import cache
 from unidetox_core import experiments as E
 from unidetox_core.profiles import load_profile
 
@@ -48,6 +51,13 @@ def test_steering_matrix_is_trained_once_and_cached(P, monkeypatch):
     assert E.steering_matrix(P, P["source_model"], progress=False) == path
 
 
+def dead_pid() -> int:
+    """The process id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_evaluate_method_names_rows_for_the_tuning_rule(P):
     model = P["source_model"]
     base = E.evaluate_method(P, B.BASE, model)
@@ -61,7 +71,14 @@ def test_evaluate_method_names_rows_for_the_tuning_rule(P):
     frame = E.continuations(P, E.method_variant(P, B.BASE, model))
     n_prompts = len(E.eval_prompts(P, "val"))  # stratified: at least one prompt per category
     assert len(frame) == n_prompts * 2 and frame["sample"].isin([0, 1]).all() and {"prompt_id", "continuation", "score", "score2", "ppl"} <= set(frame.columns)
-    assert E.continuations_path(P, E.method_variant(P, B.BASE, model)).exists()
+    table = E.continuations_path(P, E.method_variant(P, B.BASE, model))
+    assert table.exists()
+    # A process killed between renaming the table into place and removing its temporary leaves the
+    # temporary behind; reusing the finished table removes it (the process is gone), keeps the row.
+    leftover = table.parent / f".{table.name}.{cache._HOST}-{dead_pid()}-abc123.tmp"
+    leftover.mkdir()
+    again = E.evaluate_method(P, B.BASE, model)
+    assert (again["TP"], again["EMT"], again["PPL"]) == (base["TP"], base["EMT"], base["PPL"]) and not leftover.exists()
     # The grid rows feed baselines' selection directly.
     import pandas as pd
 

@@ -188,7 +188,7 @@ def test_empty_and_overlong_prompts(tiny_gpt2):
         (dict(top_p=1.5), "top_p=1.5"),
         (dict(temperature=-1.0), "temperature=-1.0"),
         (dict(seed=-3), "seed=-3"),
-        (dict(batch_size=0), "batch_size=0"),
+        (dict(batch_size=-2), "batch_size=-2"),
         (dict(prompt_ids=[1, 2]), "prompt_ids has 2 ids for 1 prompts"),
         (dict(max_new_tokens=500), "no room for a prompt"),
     ],

@@ -136,7 +136,7 @@ def test_unknown_profile_on_the_command_line_is_one_line_without_traceback(tmp_p
     shutil.copytree(FIXTURES / "chain", chain)
     with pytest.raises(SystemExit) as stop:
         run_notebooks.main(["--root", str(chain), "--profile", "huge"])
-    assert re.fullmatch(r"Bad parameter: profile='huge' is unknown; use one of \['mini', 'paper', 'small', 'tiny'\].*",
+    assert re.fullmatch(r"Bad parameter: profile='huge' is unknown; use one of \['mini', 'paper', 'small', 'smoke', 'smoke-small', 'tiny'\].*",
                         str(stop.value.code))
 
 

@@ -265,8 +265,8 @@ def fake_library(monkeypatch, tmp_path):
     def method_variant(P, method, model, value=None, lr=None, progress=True):
         return dict(method=method, model=model, value=value, lr=lr)
 
-    def detox_checkpoints(P, name, text_csv, lr, progress=True):
-        return {s: tmp_path / f"{name}-{text_csv}-{s}" for s in P["detox_steps"]}
+    def detox_checkpoints(P, name, text_csv, lr, progress=True, upto=None):
+        return {s: tmp_path / f"{name}-{text_csv}-{s}" for s in P["detox_steps"] if upto is None or s <= upto}
 
     def evaluate_specs(P, jobs, progress=True, desc=""):
         calls.append(jobs)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import methods, stages
 from .stages import slug
-from .cache import config_key, write_csv_atomic, write_json_atomic
+from .cache import config_key, remove_stale_temporaries, write_csv_atomic, write_json_atomic
 
 TOXIC_SEED = 0  # one toxic model per base model, as in the paper
 
@@ -521,6 +521,8 @@ def evaluate(P: dict, spec: dict, split: str = "val", seed: int = 0, progress: b
                          f"'test' (and n_{split}_prompts >= 0).")
     table = continuations_path(P, spec, split, seed, prompts)
     if table.exists():
+        # A process killed just after it renamed the table into place leaves its empty temporary.
+        remove_stale_temporaries(table)
         # "\n" only: to_csv leaves a lone "\r" (which a small model may generate) unquoted.
         frame = pd.read_csv(table, keep_default_na=False, lineterminator="\n")
     else:
