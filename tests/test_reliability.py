@@ -104,7 +104,7 @@ def test_bad_input_catalogue_in_the_readme_names_existing_tests():
         ("detox_steps", [], "'detox_steps' must be a non-empty list"),
         ("toxic_max_length", 0, "'toxic_max_length' must be a positive integer"),
         ("distill_max_new_tokens", -4, "'distill_max_new_tokens' must be a positive integer"),
-        ("eval_batch_size", 0, "'eval_batch_size' must be a positive integer"),
+        ("eval_batch_size", -1, r"'eval_batch_size' must be an integer >= 0 \(rows per decoding batch; 0 = as many as fit"),
         ("detox_batch_size", -8, "'detox_batch_size' must be a positive integer"),
         ("seeds", [-1], "'seeds' must be a non-empty list of distinct integers >= 0"),
         ("seeds", [], "'seeds' must be a non-empty list"),

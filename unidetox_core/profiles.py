@@ -383,10 +383,12 @@ _RULES: dict[str, tuple[Any, str]] = {
         "distill_batch_size", "detox_batch_size", "detox_max_length", "eval_n_continuations",
         "eval_max_new_tokens", "lmsteer_batch_size", "lmsteer_epochs", "replicates")},
     **{k: (lambda v: v >= 0, "must be an integer >= 0 (0 = all / off)") for k in (
-        "toxic_max_texts", "eval_batch_size", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
+        "toxic_max_texts", "n_val_prompts", "n_test_prompts", "eval_ppl_samples", "eval_threads", "distill_top_k", "mmlu_shots", "target_mmlu_shots", "mmlu_max_questions",
         "lmsteer_steps")},
     **{k: (lambda v: v > 0 and v == v and v != float("inf"), f"must be a positive number (e.g. {_DEFAULTS[k]})")
        for k in ("toxic_lr", "distill_temperature", "ppl_drop_threshold", "ppl_rule_factor", "lmsteer_lr")},
+    "eval_batch_size": (lambda v: v >= 0, "must be an integer >= 0 (rows per decoding batch; 0 = as many as fit the "
+                        "free GPU memory, 256 on a CPU)"),
     "distill_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1] (Eq. 3; the paper uses 0.1)"),
     "eval_top_p": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1] (the paper samples with 0.9)"),
     "seeds": (lambda v: len(v) > 0 and all(s >= 0 for s in v) and len(set(v)) == len(v),
